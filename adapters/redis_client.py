@@ -73,13 +73,10 @@ def sync_client(o: RedisOptions) -> redis.Redis | redis.cluster.RedisCluster:
     return redis.Redis(host=o.host, port=o.port, db=o.db, retry=_one_retry(), **_common(o))
 
 
-def async_client(o: RedisOptions) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
-    if o.cluster:
-        return redis.asyncio.cluster.RedisCluster(
-            host=o.host, port=o.port, retry=_one_async_retry(), max_connections=o.max_connections, **_common(o)
-        )
-    return redis.asyncio.Redis(
-        host=o.host, port=o.port, db=o.db, retry=_one_async_retry(), max_connections=o.max_connections, **_common(o)
+def async_cluster_client(o: RedisOptions) -> redis.asyncio.cluster.RedisCluster:
+    """The API's client for a Redis Cluster (a standalone server is read by :mod:`adapters.redis_wire`)."""
+    return redis.asyncio.cluster.RedisCluster(
+        host=o.host, port=o.port, retry=_one_async_retry(), max_connections=o.max_connections, **_common(o)
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -191,8 +192,15 @@ def create_app(config: Config, reader: Reader | None = None, backend: Backend | 
                 await batcher.run_in_worker(online.load)  # TensorFlow loads and warms up before serving
                 assert lookup.answers is not None
                 lookup.answers.default = online.default
+            # What is alive now (modules, the app, the model) lives as long as the process: take it out of
+            # the cyclic GC's scans. Lookups in flight get promoted to the oldest generation, so without this
+            # a full collection of every loaded object ran about twice a second under load (30 ms each on a
+            # Redis backend: p99 35 ms at 16 connections; 1.9 ms frozen, docs/serving.md).
+            gc.collect()
+            gc.freeze()
             yield
         finally:
+            gc.unfreeze()
             summary.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await summary

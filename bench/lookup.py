@@ -3,8 +3,9 @@
     python bench/lookup.py --config examples/babyweight/precompute.toml [--store URL] [--runs 3] [--seconds 5]
 
 Needs `wrk` (Debian package `wrk`) and a published version in the store (`precompute run` first). Both
-servers run one uvicorn process with the same settings (access log off); wrk requests keys spread over the
-space. Prints req/s and p50/p99 at 1 and 16 connections, the median of --runs runs, and the ratio to bare.
+servers run one uvicorn process with the same settings (access log off), side by side, and wrk runs against
+them in turns; it requests keys spread over the space. Prints req/s and p50/p99 at 1 and 16 connections,
+the median of --runs runs, and the ratio to bare.
 """
 
 from __future__ import annotations
@@ -132,18 +133,24 @@ def main() -> None:
         "precompute serve": [sys.executable, "-m", "precompute.cli", "serve", "--config", args.config, "--quiet"],
         "bare Starlette": [sys.executable, str(ROOT / "bench/bare_app.py"), str(keys_file)],
     }
-    results: dict[tuple[str, int], list[dict[str, float]]] = {}
-    for name, cmd in servers.items():
-        port = free_port()
-        full = [*cmd, "--port", str(port)] if name == "precompute serve" else [*cmd, str(port)]
-        proc = subprocess.Popen(full, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
+    # Both servers run at once (an idle one costs nothing) and take turns, run by run, so that a noisy
+    # neighbour slows both rather than whichever happened to run then.
+    procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    try:
+        for name, cmd in servers.items():
+            port = free_port()
+            full = [*cmd, "--port", str(port)] if name == "precompute serve" else [*cmd, str(port)]
+            procs[name] = (subprocess.Popen(full, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), port)
+        for _, port in procs.values():
             wait_ready(port, "/predict/" + keys_file.read_text().split("\n", 1)[0])
             wrk(port, script, 16, 2)  # warm-up
-            for _ in range(args.runs):
-                for connections in (1, 16):
+        results: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for _ in range(args.runs):
+            for connections in (1, 16):
+                for name, (_, port) in procs.items():
                     results.setdefault((name, connections), []).append(wrk(port, script, connections, args.seconds))
-        finally:
+    finally:
+        for proc, _ in procs.values():
             proc.terminate()
             proc.wait()
 

@@ -147,12 +147,28 @@ class GridSpace:
     def key_for_id(self, row: int) -> str:
         return self.key_of({name: int(index[0]) for name, index in self.indices(np.array([row])).items()})
 
+    @cached_property
+    def _canonical(self) -> list[tuple[str, dict[str, str | float]]]:
+        """Per dimension: each canonical label -> its feature value (the label of a category)."""
+        return [
+            (d.name, {label: label if isinstance(d, Categorical) else d.value(i) for label, i in d.positions.items()})
+            for d in self.dimensions
+        ]
+
     def decode(self, key: str) -> Decoded:
         """Parse ``key``. Raises :class:`SpaceError` (malformed) when it cannot be read as features."""
         parts = self.template.split(key)
         if parts is None:
             raise SpaceError(f"key {key!r} does not match the template {self.template.text!r}", malformed=True)
         features: dict[str, str | float] = {}
+        for name, known in self._canonical:  # the common case: every part is a canonical label already
+            value = known.get(parts[name])
+            if value is None:
+                break
+            features[name] = value
+        else:
+            return Decoded(key, features, True)
+        features = {}
         labels: dict[str, str] = {}
         reason = None
         for dim in self.dimensions:

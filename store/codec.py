@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping
 
@@ -20,7 +21,7 @@ KEY_FORMAT = 1
 VALUE_FORMAT = 1
 MAX_KEY_BYTES = 1024
 
-_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class InvalidKey(ValueError):
@@ -33,7 +34,7 @@ def encode_key(key: str) -> bytes:
         raise InvalidKey("a key cannot be empty")
     if len(data) > MAX_KEY_BYTES:
         raise InvalidKey(f"a key is at most {MAX_KEY_BYTES} bytes, this one has {len(data)}")
-    if any(ch in _CONTROL for ch in key):
+    if _CONTROL.search(key):
         raise InvalidKey("a key cannot contain control characters")
     return data
 

@@ -1,0 +1,227 @@
+"""The API's pipelined Redis connection (adapters/redis_wire.py) against real servers.
+
+Many lookups in flight on one socket, callers that give up, a server that stops answering, AUTH (password
+and ACL user), database numbers, TLS, and uvloop (what ``precompute serve`` runs on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import uvloop
+
+from adapters import open_backend, open_reader
+from adapters.redis_reader import RedisReader
+from store import StoreError, StoreUnavailable, Versions
+from store.codec import encode_key, encode_value
+from tests.servers import find_binary, free_port
+from tests.servers.redis import RedisProcess
+
+pytestmark = pytest.mark.server
+
+
+def rows(n: int) -> list[tuple[bytes, bytes]]:
+    return [(encode_key(f"k{i}"), encode_value({"v": i})) for i in range(n)]
+
+
+def publish(url: str, data: list[tuple[bytes, bytes]]) -> str:
+    backend = open_backend(url)
+    try:
+        versions = Versions(backend)
+        record = versions.begin()
+        backend.write(record.version, data)
+        versions.mark_ready(record, len(data))
+        versions.publish(record)
+        return record.version
+    finally:
+        backend.close()
+
+
+def reading(url: str, scenario: Callable[[RedisReader], Coroutine[Any, Any, None]]) -> None:
+    async def run() -> None:
+        reader = open_reader(url)
+        assert isinstance(reader, RedisReader)
+        try:
+            await scenario(reader)
+        finally:
+            await reader.aclose()
+
+    asyncio.run(run())
+
+
+def test_concurrent_lookups_share_one_connection_and_each_gets_its_own_answer(redis_store_url: str) -> None:
+    data = rows(3000)
+    version = publish(redis_store_url, data)
+
+    async def scenario(reader: RedisReader) -> None:
+        assert await reader.get_alias() == version
+        answers = await asyncio.gather(*(reader.get(version, key) for key, _ in data), reader.get(version, b"absent"))
+        assert answers == [value for _, value in data] + [None]
+        halves = await asyncio.gather(
+            reader.get_many(version, [key for key, _ in data[:1500]]),
+            reader.get_many(version, [key for key, _ in data[1500:]] + [b"absent"]),
+        )
+        assert halves[0] + halves[1] == [value for _, value in data] + [None]
+        port = int(redis_store_url.split(":")[2].split("/")[0])
+        with redis.Redis(port=port) as admin:
+            names = [c["name"] for c in admin.client_list() if c["name"] == "precompute"]
+        assert len(names) == 1, names  # every lookup above went through one socket
+
+    reading(redis_store_url, scenario)
+
+
+def test_a_caller_that_gives_up_does_not_shift_the_answers_of_the_others(redis_store_url: str) -> None:
+    data = rows(400)
+    version = publish(redis_store_url, data)
+
+    async def scenario(reader: RedisReader) -> None:
+        await reader.get_alias()
+        tasks = [asyncio.create_task(reader.get(version, key)) for key, _ in data]
+        await asyncio.sleep(0)  # every command is queued; now every third caller gives up before its reply
+        for task in tasks[::3]:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for i, ((_, value), result) in enumerate(zip(data, results, strict=True)):
+            assert isinstance(result, asyncio.CancelledError) if i % 3 == 0 else result == value
+        assert await reader.get(version, data[7][0]) == data[7][1]
+
+    reading(redis_store_url, scenario)
+
+
+def test_a_server_that_stops_answering_fails_lookups_within_the_timeout_and_the_reader_recovers(
+    redis_factory: Callable[..., RedisProcess],
+) -> None:
+    server = redis_factory()
+    url = f"redis://127.0.0.1:{server.port}/0?timeout=0.3"
+    data = rows(10)
+    version = publish(url, data)
+
+    async def scenario(reader: RedisReader) -> None:
+        assert await reader.get(version, data[0][0]) == data[0][1]
+        server.cli("CLIENT", "PAUSE", "1500", "ALL")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.3 s"):
+            await reader.get(version, data[1][0])
+        assert time.monotonic() - started < 1.2
+        await asyncio.sleep(1.5)
+        assert await reader.get(version, data[1][0]) == data[1][1]
+
+    reading(url, scenario)
+
+
+def test_an_error_reply_is_a_store_error_naming_the_server(redis_store_url: str) -> None:
+    data = rows(5)
+    version = publish(redis_store_url, data)
+    port = int(redis_store_url.split(":")[2].split("/")[0])
+
+    async def scenario(reader: RedisReader) -> None:
+        layout = await reader._layout(version)
+        assert layout is not None
+        with redis.Redis(port=port) as admin:  # a bucket that is not a hash: HGET answers WRONGTYPE
+            admin.delete(layout.key_of(data[0][0]))
+            admin.set(layout.key_of(data[0][0]), b"not a hash")
+        for call in (reader.get(version, data[0][0]), reader.get_many(version, [data[0][0]])):
+            with pytest.raises(StoreError, match=r"Redis at redis://127\.0\.0\.1:\d+/0.*WRONGTYPE"):
+                await call
+
+    reading(redis_store_url, scenario)
+
+
+def test_password_acl_user_and_database_number_are_sent_on_connect(
+    redis_factory: Callable[..., RedisProcess],
+) -> None:
+    server = redis_factory()
+    server.cli("ACL", "SETUSER", "app", "on", ">app-pass", "~*", "&*", "+@all")
+    server.cli("CONFIG", "SET", "requirepass", "s3cret")
+    base = f"127.0.0.1:{server.port}"
+    data = rows(20)
+    version = publish(f"redis://app:app-pass@{base}/3", data)
+
+    async def refused(reader: RedisReader) -> None:
+        with pytest.raises(StoreUnavailable, match="refused the connection"):
+            await reader.get_alias()
+
+    async def in_db3(reader: RedisReader) -> None:
+        assert await reader.get_alias() == version
+        assert await reader.get(version, data[4][0]) == data[4][1]
+
+    async def in_db0(reader: RedisReader) -> None:
+        assert await reader.get_alias() is None
+
+    reading(f"redis://:wrong@{base}/3", refused)
+    reading(f"redis://app:wrong@{base}/3", refused)
+    reading(f"redis://{base}/3", refused)  # no password at all: NOAUTH on the first command
+    reading(f"redis://app:app-pass@{base}/3", in_db3)
+    reading(f"redis://:s3cret@{base}/3", in_db3)  # the default user's password (Memorystore's AUTH string)
+    reading(f"redis://:s3cret@{base}/0", in_db0)
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl command."""
+    openssl = find_binary("openssl", "apt-get install openssl")
+    files = {name: tmp_path / name for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")}
+    san = tmp_path / "san.ext"
+    san.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+
+    ca_key, ca_crt, key, csr, crt = (str(f) for f in files.values())
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=precompute-test-ca",
+        "-keyout", ca_key, "-out", ca_crt)  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", key, "-out", csr)
+    run("x509", "-req", "-days", "1", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", crt, "-extfile", str(san))  # fmt: skip
+    return files
+
+
+def test_tls_reads_verify_the_server_certificate(
+    redis_factory: Callable[..., RedisProcess], certificates: dict[str, Path]
+) -> None:
+    tls_port = free_port()
+    redis_factory(
+        "--tls-port", str(tls_port), "--tls-cert-file", str(certificates["server.crt"]),
+        "--tls-key-file", str(certificates["server.key"]), "--tls-ca-cert-file", str(certificates["ca.crt"]),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={certificates['ca.crt']}"
+    data = rows(50)
+    version = publish(url, data)  # the batch side's client over TLS too
+
+    async def reads(reader: RedisReader) -> None:
+        assert await reader.get_alias() == version
+        assert await reader.get_many(version, [key for key, _ in data]) == [value for _, value in data]
+
+    async def refused(reader: RedisReader) -> None:
+        with pytest.raises(StoreUnavailable, match="certificate verify failed"):
+            await reader.get_alias()
+
+    reading(url, reads)
+    reading(f"rediss://127.0.0.1:{tls_port}/0", refused)  # the system CAs do not know this server
+    reading(f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=none", reads)
+
+
+def test_lookups_on_uvloop(redis_store_url: str) -> None:
+    data = rows(100)
+    version = publish(redis_store_url, data)
+
+    async def scenario() -> None:
+        reader = open_reader(redis_store_url)
+        try:
+            assert await reader.get_alias() == version
+            answers = await asyncio.gather(*(reader.get(version, key) for key, _ in data))
+            assert answers == [value for _, value in data]
+            assert await reader.get_many(version, [data[3][0], b"absent"]) == [data[3][1], None]
+        finally:
+            await reader.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

@@ -147,30 +147,15 @@ class GridSpace:
     def key_for_id(self, row: int) -> str:
         return self.key_of({name: int(index[0]) for name, index in self.indices(np.array([row])).items()})
 
-    @cached_property
-    def _canonical(self) -> list[tuple[str, dict[str, str | float]]]:
-        """Per dimension: each canonical label -> its feature value (the label of a category)."""
-        return [
-            (d.name, {label: label if isinstance(d, Categorical) else d.value(i) for label, i in d.positions.items()})
-            for d in self.dimensions
-        ]
-
     def decode(self, key: str) -> Decoded:
         """Parse ``key``. Raises :class:`SpaceError` (malformed) when it cannot be read as features."""
         parts = self.template.split(key)
         if parts is None:
             raise SpaceError(f"key {key!r} does not match the template {self.template.text!r}", malformed=True)
         features: dict[str, str | float] = {}
-        for name, known in self._canonical:  # the common case: every part is a canonical label already
-            value = known.get(parts[name])
-            if value is None:
-                break
-            features[name] = value
-        else:
-            return Decoded(key, features, True)
-        features = {}
         labels: dict[str, str] = {}
         reason = None
+        canonical = True
         for dim in self.dimensions:
             raw = parts[dim.name]
             position = dim.positions.get(raw)
@@ -178,6 +163,7 @@ class GridSpace:
                 labels[dim.name] = raw
                 features[dim.name] = raw if isinstance(dim, Categorical) else dim.value(position)
                 continue
+            canonical = False
             if isinstance(dim, Categorical):
                 if dim.index(raw) is None:
                     choices = ", ".join(dim.values)
@@ -200,7 +186,8 @@ class GridSpace:
                 )
             else:
                 labels[dim.name] = dim.label_list[index]
-        return Decoded(self.template.render(labels), features, reason is None, reason)
+        # Every part canonical: the key is its own canonical form (no need to render it again).
+        return Decoded(key if canonical else self.template.render(labels), features, reason is None, reason)
 
     def features(self, raw: Mapping[str, object]) -> dict[str, str | float]:
         """Raw feature values checked and converted: a category's canonical label, or a finite number.

@@ -6,9 +6,8 @@ URL: ``redis[s][+cluster]://[[user]:password@]host[:port][/db][?option=value&...
 ``prefix`` (key prefix, default ``pc:``; one store per prefix), ``cluster=true`` (same as the
 ``+cluster`` schemes), ``ttl`` (seconds a version's data lives after it is created), ``buckets`` (fixed
 bucket count per version), ``timeout`` / ``connect_timeout`` (socket seconds, default 5 / 2),
-``retry`` (seconds a bulk write or gc keeps retrying a lost server, default 15), ``max_connections``
-(reader pool, default 64), ``ssl_ca_certs``, ``ssl_cert_reqs`` (required/optional/none),
-``ssl_check_hostname`` (default true).
+``retry`` (seconds a bulk write or gc keeps retrying a lost server, default 15), ``ssl_ca_certs``,
+``ssl_cert_reqs`` (required/optional/none), ``ssl_check_hostname`` (default true).
 
 Layout (names in :mod:`adapters.redis_layout`)::
 
@@ -28,12 +27,13 @@ dropping one needs no SCAN over the whole keyspace and unlinks 48 times fewer ke
 record), else 65,536 (fine to ~4 M rows; beyond that buckets turn into regular hashes: still
 correct, no longer compact).
 
-A lookup is one HGET (one round trip); the reader resolves the alias and the version's layout in
-the background. A batch is one Lua call of HGETs on a single server, or per-node pipelines of HGETs
-in Cluster mode (buckets spread over all slots; every key the alias, lock and CAS touch is a single
-key, so publish stays atomic on a cluster). Loads pack a write call's rows into one HSET per bucket
-(grouped in numpy: :mod:`adapters.redis_writes`) and stream them as hand-packed, non-transactional
-pipelines while packing (:mod:`adapters.redis_bulk`), per node in Cluster mode, keeping one chunk in
+A lookup is one HGET (one round trip); the reader resolves the alias and the version's layout in the
+background, and every lookup in flight shares one pipelined connection per server
+(:mod:`adapters.redis_wire`). A batch is one pipeline of HGETs (per node in Cluster mode: buckets
+spread over all slots; every key the alias, lock and CAS touch is a single key, so publish stays
+atomic on a cluster). Loads pack a write call's rows into one HSET per bucket (grouped in numpy:
+:mod:`adapters.redis_writes`) and stream them as hand-packed, non-transactional pipelines while
+packing (:mod:`adapters.redis_bulk`), per node in Cluster mode, keeping one chunk in
 flight while the next is packed. drop_version UNLINKs buckets 50 at a time with one command in
 flight, so lookups interleave between commands. Figures and their baselines: docs/redis.md.
 """

@@ -7,9 +7,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.asyncio.retry
 import redis.cluster
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -63,21 +60,10 @@ def _one_retry() -> Retry:
     return Retry(NoBackoff(), 1)
 
 
-def _one_async_retry() -> redis.asyncio.retry.Retry:
-    return redis.asyncio.retry.Retry(NoBackoff(), 1)
-
-
 def sync_client(o: RedisOptions) -> redis.Redis | redis.cluster.RedisCluster:
     if o.cluster:
         return redis.cluster.RedisCluster(host=o.host, port=o.port, retry=_one_retry(), **_common(o))
     return redis.Redis(host=o.host, port=o.port, db=o.db, retry=_one_retry(), **_common(o))
-
-
-def async_cluster_client(o: RedisOptions) -> redis.asyncio.cluster.RedisCluster:
-    """The API's client for a Redis Cluster (a standalone server is read by :mod:`adapters.redis_wire`)."""
-    return redis.asyncio.cluster.RedisCluster(
-        host=o.host, port=o.port, retry=_one_async_retry(), max_connections=o.max_connections, **_common(o)
-    )
 
 
 @contextmanager

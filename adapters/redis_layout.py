@@ -72,7 +72,6 @@ class RedisOptions:
     timeout_s: float
     connect_timeout_s: float
     retry_s: float
-    max_connections: int
     ssl_ca_certs: str | None
     ssl_cert_reqs: str
     ssl_check_hostname: bool
@@ -109,7 +108,6 @@ class RedisOptions:
             timeout_s=_number(url, "timeout", 5.0, minimum=0.01) or 5.0,
             connect_timeout_s=_number(url, "connect_timeout", 2.0, minimum=0.01) or 2.0,
             retry_s=_number(url, "retry", 15.0) or 0.0,
-            max_connections=int(_number(url, "max_connections", 64, minimum=1) or 64),
             ssl_ca_certs=url.option("ssl_ca_certs"),
             ssl_cert_reqs=cert_reqs,
             ssl_check_hostname=_flag(url, "ssl_check_hostname", True),

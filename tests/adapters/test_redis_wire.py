@@ -1,7 +1,8 @@
-"""The API's pipelined Redis connection (adapters/redis_wire.py) against real servers.
+"""The API's pipelined Redis connections (adapters/redis_wire*.py) against real servers.
 
 Many lookups in flight on one socket, callers that give up, a server that stops answering, AUTH (password
-and ACL user), database numbers, TLS, and uvloop (what ``precompute serve`` runs on).
+and ACL user), database numbers, TLS, uvloop (what ``precompute serve`` runs on), and on a cluster, slots
+that move (MOVED) or are being migrated (ASK).
 """
 
 from __future__ import annotations
@@ -9,20 +10,21 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import uvloop
+from redis.crc import key_slot
 
 from adapters import open_backend, open_reader
 from adapters.redis_reader import RedisReader
 from store import StoreError, StoreUnavailable, Versions
 from store.codec import encode_key, encode_value
 from tests.servers import find_binary, free_port
-from tests.servers.redis import RedisProcess
+from tests.servers.redis import RedisProcess, create_cluster, redis_binary
 
 pytestmark = pytest.mark.server
 
@@ -225,3 +227,75 @@ def test_lookups_on_uvloop(redis_store_url: str) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+# -- Redis Cluster: one pipelined connection per primary --------------------------------------------
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[list[RedisProcess]]:
+    """A 3-node cluster for this test alone: its slots get moved."""
+    nodes = create_cluster(redis_binary(), tmp_path)
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+def node_ids(nodes: list[RedisProcess]) -> dict[int, str]:
+    with redis.Redis(port=nodes[0].port) as client:
+        listing: dict[str, dict[str, Any]] = client.cluster("nodes")
+    return {int(address.split("@")[0].rsplit(":", 1)[1]): info["node_id"] for address, info in listing.items()}
+
+
+def owner(nodes: list[RedisProcess], slot: int) -> int:
+    with redis.Redis(port=nodes[0].port) as client:
+        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return int(primary[1])
+    raise AssertionError(f"slot {slot} has no owner")
+
+
+def test_cluster_lookups_follow_moved_slots_and_a_migration_in_progress(own_cluster: list[RedisProcess]) -> None:
+    url = f"redis+cluster://127.0.0.1:{own_cluster[0].port}?prefix=t:"
+    data = rows(2000)
+    version = publish(url, data)
+    keys = [key for key, _ in data]
+    values = [value for _, value in data]
+    ids = node_ids(own_cluster)
+    first, second = own_cluster[0].port, own_cluster[1].port
+
+    async def scenario(reader: RedisReader) -> None:
+        assert await reader.get_many(version, keys) == values  # the slot map is read and cached here
+        # Move 3,000 slots with their keys: the reader's map is now stale, and MOVED replies correct it.
+        own_cluster[0].cli("--cluster", "reshard", f"127.0.0.1:{first}", "--cluster-from", ids[first],
+                           "--cluster-to", ids[second], "--cluster-slots", "3000", "--cluster-yes")  # fmt: skip
+        assert await reader.get_many(version, keys) == values
+        assert [await reader.get(version, key) for key in keys[:200]] == values[:200]
+
+        # A slot half-way through a migration: its owner answers ASK for a key that already left.
+        layout = await reader._layout(version)
+        assert layout is not None
+        bucket = layout.key_of(keys[0])
+        slot = key_slot(bucket)
+        source = owner(own_cluster, slot)
+        target = next(n.port for n in own_cluster if n.port != source)
+        with redis.Redis(port=source) as src, redis.Redis(port=target) as dst:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", bucket)
+            with pytest.raises(redis.exceptions.AskError):  # what the reader gets from the slot's owner now
+                src.hget(bucket, keys[0])
+        assert await reader.get(version, keys[0]) == values[0]
+        assert await reader.get_many(version, keys[:50]) == values[:50]
+
+    reading(url, scenario)
+
+
+def test_cluster_reader_reports_a_cluster_it_cannot_reach(redis_factory: Callable[..., RedisProcess]) -> None:
+    down = redis_factory(start=False)
+
+    async def scenario(reader: RedisReader) -> None:
+        with pytest.raises(StoreUnavailable, match="no node answered CLUSTER SLOTS"):
+            await reader.get_alias()
+
+    reading(f"redis+cluster://127.0.0.1:{down.port}?connect_timeout=0.5", scenario)

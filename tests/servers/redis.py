@@ -95,7 +95,7 @@ def create_cluster(binary: str, root: Path, nodes: int = 3) -> list[RedisProcess
     return servers
 
 
-def _binaries() -> str:
+def redis_binary() -> str:
     """redis-server's path, once redis-server, redis-cli and redis-py are known to be there."""
     try:
         import redis  # noqa: F401
@@ -107,7 +107,7 @@ def _binaries() -> str:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisProcess]:
-    binary = _binaries()
+    binary = redis_binary()
     with tempfile.TemporaryDirectory(prefix="precompute-redis-") as root:
         server = RedisProcess(binary, Path(root)).start()
         yield server
@@ -116,7 +116,7 @@ def redis_server() -> Iterator[RedisProcess]:
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[list[RedisProcess]]:
-    binary = _binaries()
+    binary = redis_binary()
     with tempfile.TemporaryDirectory(prefix="precompute-redis-cluster-") as root:
         servers = create_cluster(binary, Path(root))
         yield servers
@@ -144,7 +144,7 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
 
     ``start=False`` only reserves a port and a directory: the server is down until ``.start()``.
     """
-    binary = _binaries()
+    binary = redis_binary()
     started: list[RedisProcess] = []
 
     def make(*args: str, start: bool = True) -> RedisProcess:

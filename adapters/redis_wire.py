@@ -43,11 +43,19 @@ class ConnectionLost(StoreUnavailable):
     """The server closed the connection with commands in flight (they are worth sending once more)."""
 
 
+class ErrorReply(StoreError):
+    """Redis answered a command with an error (``reply``: hiredis's object, e.g. for a MOVED to follow)."""
+
+    def __init__(self, message: str, reply: hiredis.ReplyError) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
 def reply_error(where: str, reply: hiredis.ReplyError) -> StoreError:
     text = str(reply)
     if text.startswith(_UNAVAILABLE_REPLIES):
         return StoreUnavailable(f"{where} cannot serve: {text}")
-    return StoreError(f"{where}: {text}")
+    return ErrorReply(f"{where}: {text}", reply)
 
 
 def ssl_context(o: RedisOptions) -> ssl.SSLContext:

@@ -19,7 +19,7 @@ import hiredis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from adapters.redis_layout import RedisOptions
-from adapters.redis_wire import Arg, PipelinedConnection, reply_error
+from adapters.redis_wire import Arg, ErrorReply, PipelinedConnection, reply_error
 from store import StoreError, StoreUnavailable
 
 Address = tuple[str, int]
@@ -105,7 +105,16 @@ class ClusterConnections:
 
     async def call(self, key: bytes, command: tuple[Arg, ...]) -> Any:
         """The reply of ``command``, which touches ``key``; an error reply raises."""
-        (reply,) = await self.call_many([key], [command])
+        slots = self._slots or await self._slot_map()
+        try:
+            return await self._node(self._address(slots, key)).call(*command)
+        except ErrorReply as exc:
+            if redirection(exc.reply) is None:
+                raise
+        except StoreUnavailable:
+            self._reread_later()
+            raise
+        (reply,) = await self.call_many([key], [command])  # follows the redirection
         if isinstance(reply, hiredis.ReplyError):
             raise reply_error(self.where, reply)
         return reply

@@ -2,7 +2,7 @@
 
 redis-py's asyncio client checks a connection out of its pool, writes, waits, parses and checks the
 connection back in for every command. At 16 concurrent lookups that bookkeeping cost more CPU than the
-rest of the request, and the API served 27% of bare Starlette's rate (docs/redis.md). Here a command is
+rest of the request, and the API served 33-35% of bare Starlette's rate (docs/redis.md). Here a command is
 packed by hiredis, queued on one connection and answered by the C parser as replies stream back; Redis
 answers a connection's commands in order, so a FIFO of futures pairs each reply with its caller
 (pipelining). The commands queued during one turn of the event loop leave in one ``send``.

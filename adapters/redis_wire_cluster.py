@@ -163,6 +163,8 @@ class ClusterConnections:
         return reply
 
     async def aclose(self) -> None:
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
         for task in list(self._background):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, StoreError):

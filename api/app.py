@@ -86,7 +86,7 @@ def create_app(config: Config, reader: Reader | None = None, backend: Backend | 
         from api.fallback import OnlineModel
         from api.writeback import WriteBack
 
-        writeback = WriteBack(store_backend, metrics) if serve.write_back else None
+        writeback = WriteBack(store_backend, metrics, serve.write_back_ttl_seconds) if serve.write_back else None
         online = OnlineModel(config, store_backend, writeback)
         policy = make_policy(serve.batch_policy, serve.batch_max_size, serve.batch_target_ms / 1000)
         batcher = Batcher(online.score, policy, metrics, serve.batch_max_wait_ms / 1000, serve.max_pending)

@@ -31,7 +31,7 @@ from api.responses import NON_FINITE, RETRY, LookupFailed, splice
 from precompute.config import Config
 from precompute.space import Decoded, GridSpace, SpaceError
 from store import Reader, StoreError
-from store.codec import InvalidKey, encode_key
+from store.codec import EXPIRING, InvalidKey, encode_key, unexpired
 
 if TYPE_CHECKING:
     from api.batching import Batcher
@@ -61,6 +61,8 @@ class Lookup:
         serve = config.serve
         self.fallback = serve.fallback if batcher is not None else "off"
         self.write_back = serve.write_back and batcher is not None
+        # Answers that expire in the store must not outlive their TTL in the hot cache (it has no expiry).
+        self.cache_online = serve.write_back_ttl_seconds is None
         self.answers = OnlineAnswers(batcher, metrics, serve.deadline_ms) if batcher is not None else None
         self.max_batch = serve.max_batch_keys
         self.max_key = serve.max_key_bytes
@@ -153,6 +155,10 @@ class Lookup:
                 return await self.online(key, decoded, version, started, "store_down")
             raise LookupFailed(503, f"store unavailable: {exc}", source="precomputed", headers=RETRY, key=key) from None
         self.store_seconds.observe(time.perf_counter() - read_at)
+        expires = False
+        if value is not None and value[:1] == EXPIRING:  # an online answer written back with a TTL
+            expires = True
+            value = unexpired(value, time.time())
         if value is None:
             if decoded is not None and self.fallback == "on":
                 return await self.online(key, decoded, version, started, "miss" if decoded.in_space else "off_grid")
@@ -162,7 +168,7 @@ class Lookup:
                 404, f"key is not in version {version}", source="precomputed", key=key, model_version=version
             )
         body = splice(key, value, b"precomputed", version)
-        if cache is not None:
+        if cache is not None and not expires:  # the cache has no per-entry expiry: it keeps what never expires
             cache.put(version, key, body)
         return body, "precomputed"
 
@@ -179,7 +185,7 @@ class Lookup:
         if scored.value is None:
             raise LookupFailed(422, NON_FINITE, source="online", key=key)
         body = splice(key, scored.value, b"online", scored.model_version)
-        if self.cache is not None and version is not None:
+        if self.cache is not None and version is not None and self.cache_online:
             self.cache.put(version, key, body)
         return body, "online"
 
@@ -227,6 +233,8 @@ class Lookup:
                 reason = "store_down"
             finally:
                 self.store_seconds.observe(time.perf_counter() - read_at)
+            now = time.time()
+            values = [v if v is None or v[:1] != EXPIRING else unexpired(v, now) for v in values]
         online: list[tuple[int, str, Decoded]] = []
         for (index, key, decoded), value in zip(wanted, values, strict=True):
             if value is not None:

@@ -9,8 +9,10 @@ version are those whose alias check ran just before a publish landed: a window o
 and harmless, since nobody reads a replaced version (a rollback to it would serve those rows, which came
 from the model that version was scored with; nothing else is written back).
 
-No TTL: the store contract has no per-item expiry yet, so a written-back row lives as long as its version
-(until ``precompute gc`` drops it). See docs/serving.md for the contract change a TTL needs.
+With ``[serve] write_back_ttl_seconds``, each answer is written with its expiry (store/codec.py's
+``expiring``): lookups read it as absent from then on, so the model answers again and the new answer is
+written back over it. The row's storage goes with its version (``precompute gc``), or with the version's
+own TTL where the store has one (Redis ``?ttl=``).
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from api.metrics import Metrics
 from store import Backend, StoreError
-from store.codec import encode_key
+from store.codec import encode_key, expiring
 
 log = logging.getLogger("precompute.api")
 
 
 class WriteBack:
-    def __init__(self, backend: Callable[[], Backend], metrics: Metrics) -> None:
+    def __init__(self, backend: Callable[[], Backend], metrics: Metrics, ttl_s: float | None = None) -> None:
         self._factory = backend
+        self.ttl_s = ttl_s
         self._backend: Backend | None = None
         self.metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="precompute-writeback")
@@ -54,8 +57,9 @@ class WriteBack:
             pending, self._pending = self._pending, []
             self._scheduled = False
         by_version: dict[str, dict[bytes, bytes]] = defaultdict(dict)
+        expires_at = time.time() + self.ttl_s if self.ttl_s else None
         for version, key, value in pending:
-            by_version[version][encode_key(key)] = value
+            by_version[version][encode_key(key)] = value if expires_at is None else expiring(value, expires_at)
         # The write-back counters are written by this thread only, so they need no lock.
         for version, items in by_version.items():
             try:

@@ -185,7 +185,7 @@ def _gc(args: argparse.Namespace, config: Config) -> int:
 
 def _get(args: argparse.Namespace, config: Config) -> int:
     from adapters import open_reader
-    from store.codec import encode_key
+    from store.codec import encode_key, unexpired
 
     key = args.key
     if isinstance(config.space, GridSpace):
@@ -198,7 +198,8 @@ def _get(args: argparse.Namespace, config: Config) -> int:
         reader = open_reader(config.store_url)
         try:
             version = await reader.get_alias()
-            return version, (await reader.get(version, encode_key(key)) if version else None)
+            stored = await reader.get(version, encode_key(key)) if version else None
+            return version, unexpired(stored, time.time()) if stored is not None else None
         finally:
             await reader.aclose()
 

@@ -73,6 +73,7 @@ class ServeConfig:
     batch_policy: str = "aimd"  # aimd | fit | fixed
     max_pending: int = 4_096
     write_back: bool = False
+    write_back_ttl_seconds: float | None = None  # a written-back answer reads as absent after this; None: never
     cache_bytes: int = 64 * 1024 * 1024  # 0: no hot-key cache
     negative_ttl_seconds: float = 2.0  # 0: no negative cache
     metrics: bool = True  # false: no /metrics and no timing on the hot path (to measure what they cost)
@@ -342,6 +343,12 @@ def _serve(t: _Table, env: dict[str, str]) -> ServeConfig:
         if value < 0:
             raise ConfigError(f"[serve] {name}: must be 0 or more, got {value}. Fix: write e.g. `{name} = {example}`")
         non_negative[name] = value
+    write_back_ttl = t.positive("write_back_ttl_seconds", float, None, example="3600")
+    if write_back_ttl is not None and not t.get("write_back", bool, False, example="true"):
+        raise ConfigError(
+            "[serve] write_back_ttl_seconds: set, but nothing is written back. "
+            "Fix: add `write_back = true`, or remove write_back_ttl_seconds"
+        )
     auth = t.choice("auth", ("off", "api-key", "bearer"), "off")
     tokens_env = t.get("auth_tokens_env", str, "PRECOMPUTE_API_TOKENS", example='"PRECOMPUTE_API_TOKENS"')
     tokens = tuple(token.strip() for token in env.get(tokens_env, "").split(",") if token.strip())
@@ -366,6 +373,7 @@ def _serve(t: _Table, env: dict[str, str]) -> ServeConfig:
         batch_policy=t.choice("batch_policy", ("aimd", "fit", "fixed"), "aimd"),
         max_pending=t.positive("max_pending", int, 4_096, example="4096"),
         write_back=t.get("write_back", bool, False, example="true"),
+        write_back_ttl_seconds=write_back_ttl,
         cache_bytes=non_negative["cache_bytes"],
         negative_ttl_seconds=non_negative["negative_ttl_seconds"],
         metrics=t.get("metrics", bool, True, example="true"),

@@ -73,6 +73,24 @@ def encode_value(prediction: Mapping[str, float | int | str]) -> bytes:
     return ("{" + ",".join(parts) + "}").encode("utf-8")
 
 
+#: The first byte of a value that expires (an online answer written back with a TTL): ``~<unix seconds>~``
+#: before the JSON object, which itself always starts with ``{``. Any backend stores it as it is.
+EXPIRING = b"~"
+
+
+def expiring(value: bytes, expires_at: float) -> bytes:
+    """``value`` marked to read as absent from ``expires_at`` (unix seconds) on."""
+    return b"~%d~" % math.ceil(expires_at) + value
+
+
+def unexpired(stored: bytes, now: float) -> bytes | None:
+    """``stored`` without its expiry mark, or None once it has expired; an unmarked value as it is."""
+    if stored[:1] != EXPIRING:
+        return stored
+    end = stored.index(EXPIRING, 1)
+    return stored[end + 1 :] if now < int(stored[1:end]) else None
+
+
 def decode_value(data: bytes) -> dict[str, object]:
     value = json.loads(data)
     if not isinstance(value, dict):

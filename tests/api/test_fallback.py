@@ -266,6 +266,37 @@ def test_online_answers_are_written_back_and_then_served_from_the_store(formula_
     assert 'precompute_writeback_total{outcome="written"} 2' in metrics
 
 
+def test_written_back_answers_expire_after_their_ttl_and_are_answered_online_again(formula_model: Path) -> None:
+    config = memory_config(formula_model, fallback="on", write_back=True, write_back_ttl_seconds=1.0)
+    version = publish(config, {KEY: b'{"weight_pounds":7.31}'}, {"model": fingerprint(formula_model)})
+    backend = open_backend(config.store_url)
+    with TestClient(create_app(config)) as client:
+        assert client.get(f"/predict/{OFF_GRID}").json()["source"] == "online"
+        assert wait_for(lambda: backend.read(version, [encode_key(OFF_GRID)])[0] is not None)
+        stored = backend.read(version, [encode_key(OFF_GRID)])[0]
+        assert stored is not None
+        assert stored.startswith(b"~")  # the expiry travels with the value, whatever the backend
+        hit = client.get(f"/predict/{OFF_GRID}").json()
+        assert hit["source"] == "precomputed"
+        batch = client.post("/predict", json={"keys": [OFF_GRID]}).json()["results"][0]
+        assert batch["source"] == "precomputed"
+        assert batch["prediction"] == hit["prediction"]
+        sleep_past_expiry(stored)
+        assert client.post("/predict", json={"keys": [OFF_GRID]}).json()["results"][0]["source"] == "online"
+        # ... written back again with a new expiry, served from the store, then expired again
+        assert wait_for(lambda: client.get(f"/predict/{OFF_GRID}").json()["source"] == "precomputed")
+        stored_again = backend.read(version, [encode_key(OFF_GRID)])[0]
+        assert stored_again is not None
+        assert stored_again != stored
+        sleep_past_expiry(stored_again)
+        assert client.get(f"/predict/{OFF_GRID}").json()["source"] == "online"
+
+
+def sleep_past_expiry(stored: bytes) -> None:
+    expires_at = int(stored[1 : stored.index(b"~", 1)])
+    time.sleep(max(0.0, expires_at - time.time()) + 0.05)
+
+
 def test_answers_from_another_model_are_not_written_back(formula_model: Path) -> None:
     config = memory_config(formula_model, fallback="on", write_back=True, cache_bytes=0)
     version = publish(config, {KEY: b'{"weight_pounds":7.31}'}, {"model": "sha256:another"})

@@ -63,6 +63,14 @@ def test_defaults_and_default_key_template(tmp_path: Path) -> None:
         (("[model]\n", "[run]\nactors = -1\n[model]\n"), r"\[run\] actors: must be positive"),
         (("[model]\n", '[run]\ndevice = "tpu"\n[model]\n'), r"\[run\] device: 'tpu' is not one of"),
         (("[model]\n", '[store]\nurl = "nowhere"\n[model]\n'), r"\[store\] url: store URL 'nowhere' has no scheme"),
+        (
+            ("[model]\n", "[serve]\nwrite_back_ttl_seconds = 60\n[model]\n"),
+            r"\[serve\] write_back_ttl_seconds: set, but nothing is written back. Fix: add `write_back = true`",
+        ),
+        (
+            ("[model]\n", "[serve]\nwrite_back = true\nwrite_back_ttl_seconds = 0\n[model]\n"),
+            r"\[serve\] write_back_ttl_seconds: must be positive",
+        ),
     ],
 )
 def test_bad_config_names_the_field_and_the_fix(tmp_path: Path, change: tuple[str, str], message: str) -> None:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from precompute.values import NonFiniteOutput, encode_values
-from store.codec import InvalidKey, decode_value, encode_key, encode_value, format_float32
+from store.codec import InvalidKey, decode_value, encode_key, encode_value, expiring, format_float32, unexpired
 
 
 def f32(x: float) -> float:
@@ -60,3 +60,12 @@ def test_vectorized_encoding_matches_the_scalar_codec() -> None:
 def test_non_finite_outputs_name_the_key() -> None:
     with pytest.raises(NonFiniteOutput, match="nan for output 'y' at key 'b'"):
         encode_values({"y": np.array([1.0, np.nan], dtype=np.float32)}, pa.array(["a", "b"]))
+
+
+def test_an_expiring_value_carries_its_expiry_and_reads_as_absent_from_then_on() -> None:
+    value = encode_value({"weight_pounds": 7.31})
+    stored = expiring(value, 1_795_000_000.2)
+    assert stored == b"~1795000001~" + value  # golden: whole seconds, rounded up
+    assert unexpired(stored, 1_795_000_000.9) == value
+    assert unexpired(stored, 1_795_000_001.0) is None
+    assert unexpired(value, 2e9) == value  # a value without an expiry never expires

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,10 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
+from rows import babyweight_rows  # noqa: E402  (bench/rows.py, beside this script)
 
 from adapters import open_backend, open_reader  # noqa: E402
 from adapters.dynamodb import DynamoDBBackend  # noqa: E402
-from store.codec import encode_key, encode_value  # noqa: E402
+from tests.servers import free_port, stop, wait_for_port  # noqa: E402
+from tests.servers.dynamodb import local_dir, store_url  # noqa: E402
 
 REGION = "us-east-1"
 KEY = "precomputelocal"  # DynamoDB Local takes any letters-and-digits key pair
@@ -55,26 +56,9 @@ KEY = "precomputelocal"  # DynamoDB Local takes any letters-and-digits key pair
 # -- setup ----------------------------------------------------------------------------------------
 
 
-def make_rows(start: int, stop: int) -> list[tuple[bytes, bytes]]:
-    """Keys shaped like the babyweight space (``True:25:Single(1):39``) plus an id, 22-byte JSON values."""
-    plurality = ("Single(1)", "Twins(2)", "Triplets(3)", "Quadruplets(4)", "Quintuplets(5)", "Multiple(2+)")
-    out = []
-    for i in range(start, stop):
-        key = f"{i % 2 == 0}:{15 + i // 2 % 35}:{plurality[i // 70 % 6]}:{17 + i // 420 % 31}:{i // 13020}"
-        out.append((encode_key(key), encode_value({"weight_pounds": 5 + (i * 7919 % 500) / 100})))
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def dynamodb_local() -> Iterator[str]:
-    folder = Path(os.environ.get("DYNAMODB_LOCAL_DIR") or ROOT / "var" / "dynamodb-local")
+    folder = local_dir()
     if not (folder / "DynamoDBLocal.jar").exists():
         sys.exit(f"no DynamoDB Local in {folder}: run `make servers`")
     port = free_port()
@@ -82,23 +66,10 @@ def dynamodb_local() -> Iterator[str]:
     cmd += ["-inMemory", "-sharedDb", "-disableTelemetry", "-port", str(port)]
     proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("DynamoDB Local did not start") from None
-                time.sleep(0.1)
+        wait_for_port(port, proc, timeout=90)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
-def store_url(prefix: str, endpoint: str) -> str:
-    return f"dynamodb://{prefix}?region={REGION}&endpoint={endpoint}&credentials=placeholder"
+        stop(proc)
 
 
 def raw_client(endpoint: str) -> Any:
@@ -127,7 +98,7 @@ def pct(samples: list[float], q: float) -> float:
 
 def _writer(kind: str, url: str, endpoint: str, table: str, start: int, stop: int, go: Any, done: Any) -> None:
     """One writer process: build its client and rows, wait for the start signal, load, report seconds."""
-    rows = make_rows(start, stop)
+    rows = babyweight_rows(start, stop)
     if kind == "ours":
         backend = open_backend(url)
         assert isinstance(backend, DynamoDBBackend)
@@ -201,7 +172,7 @@ def threads_once(endpoint: str, items: int, threads: int, chunk: int) -> float:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     backend = open_backend(f"{store_url(prefix, endpoint)}&write_threads={threads}")
     backend.create_version("v")
-    rows = make_rows(0, items)
+    rows = babyweight_rows(0, items)
     began = time.perf_counter()
     for start in range(0, items, chunk):
         backend.write("v", rows[start : start + chunk])
@@ -325,7 +296,7 @@ def bench_lookups(endpoint: str, items: int, runs: int, lookups: int) -> None:
     backend = open_backend(url)
     assert isinstance(backend, DynamoDBBackend)
     backend.create_version("v")
-    rows = make_rows(0, items)
+    rows = babyweight_rows(0, items)
     backend.write("v", rows)
     table = backend.settings.version_table("v")
     keys = [k for k, _ in rows]
@@ -403,7 +374,7 @@ def bench_layout(endpoint: str, items: int, runs: int) -> None:
         prefix = f"bench{uuid.uuid4().hex[:8]}"
         backend = open_backend(store_url(prefix, endpoint))
         assert isinstance(backend, DynamoDBBackend)
-        rows = make_rows(0, items)
+        rows = babyweight_rows(0, items)
         probe = [rows[(i * 7919) % items][0] for i in range(1000)]
 
         backend.create_version("v1")

@@ -15,7 +15,6 @@ import atexit
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from precompute.config import load_config  # noqa: E402
 from precompute.space import GridSpace  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 WRK_SCRIPT = """
 local keys = {}
@@ -38,12 +38,6 @@ request = function()
   return wrk.format("GET", "/predict/" .. keys[i])
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(port: int, path: str, timeout: float = 30) -> None:

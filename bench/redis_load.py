@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,29 +34,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
+from rows import babyweight_rows  # bench/rows.py, beside this script
 
 from adapters import open_backend, open_reader
 from adapters.redis_bulk import pack
 from adapters.redis_layout import ROWS_PER_BUCKET
 from store import Versions
-from store.codec import encode_key, encode_value
-
-
-def make_rows(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
-    """Keys shaped like the babyweight space (``True:25:Single(1):39``) plus an id, 22-byte JSON values."""
-    plurality = ("Single(1)", "Twins(2)", "Triplets(3)", "Quadruplets(4)", "Quintuplets(5)", "Multiple(2+)")
-    out = []
-    for i in range(start, start + n):
-        key = f"{i % 2 == 0}:{15 + i // 2 % 35}:{plurality[i // 70 % 6]}:{17 + i // 420 % 31}:{i // 13020}"
-        out.append((encode_key(key), encode_value({"weight_pounds": 5 + (i * 7919 % 500) / 100})))
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.servers import free_port
 
 
 def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -107,7 +90,7 @@ def time_pipe(port: int, path: Path) -> float:
 def _writer(url: str, version: str, start: int, end: int, ready: Any) -> None:
     # Each writer builds its own rows first, like a Ray write task holding only its blocks; a fork
     # of one parent holding every row would pay copy-on-write and GC over all of them instead.
-    rows = make_rows(end - start, start)
+    rows = babyweight_rows(start, end)
     backend = open_backend(url)
     ready.wait()
     step = backend.max_write_batch
@@ -140,7 +123,7 @@ def time_backend(url: str, n: int, writers: int) -> tuple[float, str]:
 
 
 def bench_load(port: int, n: int, repeat: int, writer_counts: list[int], workdir: Path) -> dict[str, Any]:
-    rows = make_rows(n)
+    rows = babyweight_rows(0, n)
     client = redis.Redis(port=port)
     url = f"redis://127.0.0.1:{port}/0?prefix=b:"
     buckets = -(-n // ROWS_PER_BUCKET)
@@ -225,12 +208,12 @@ def bench_gc(port: int, n: int, drops: int = 5) -> None:
     flush(client)
     backend = open_backend(url)
     versions = Versions(backend)
-    live_rows = make_rows(200_000)
+    live_rows = babyweight_rows(0, 200_000)
     live = versions.begin({"expected_rows": len(live_rows)})
     backend.write(live.version, live_rows)
     versions.mark_ready(live, len(live_rows))
     versions.publish(live)
-    rows = make_rows(n)
+    rows = babyweight_rows(0, n)
     doomed = []
     for _ in range(drops):  # several drops of the same size, so the p99 rests on enough lookups
         record = versions.begin({"expected_rows": n})

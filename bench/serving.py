@@ -32,7 +32,6 @@ import itertools
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,10 +48,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lookup import WRK_SCRIPT, free_port  # noqa: E402  (bench/lookup.py, beside this script)
+from lookup import WRK_SCRIPT  # noqa: E402  (bench/lookup.py, beside this script)
 
 from precompute.config import Config, load_config  # noqa: E402
 from precompute.space import GridSpace  # noqa: E402
+from tests.servers import free_port, wait_for_port  # noqa: E402
 
 HIT_SERVE = {"cache_bytes": 0, "negative_ttl_seconds": 0}
 
@@ -371,15 +371,7 @@ def redis_copy(config: Config, space: GridSpace, tmp: Path) -> Iterator[str | No
     )
     try:
         url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_for_port(port, proc, timeout=10)
         source = open_backend(config.store_url)
         live = source.get_alias()
         assert live is not None, "nothing is published in the store"

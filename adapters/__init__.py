@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import importlib
 
-from store import Backend, Reader, StoreURL, UnknownBackend
+from precompute.store import Backend, Reader, StoreURL, UnknownBackend
 
 BACKENDS: dict[str, str] = {
-    "memory": "adapters.memory:MemoryBackend:MemoryReader",
-    "sqlite": "adapters.sqlite:SQLiteBackend:SQLiteReader",
-    "redis": "adapters.redis:RedisBackend:RedisReader",
-    "rediss": "adapters.redis:RedisBackend:RedisReader",
-    "redis+cluster": "adapters.redis:RedisBackend:RedisReader",
-    "rediss+cluster": "adapters.redis:RedisBackend:RedisReader",
-    "bigtable": "adapters.bigtable:BigtableBackend:BigtableReader",
-    "dynamodb": "adapters.dynamodb:DynamoDBBackend:DynamoDBReader",
+    "memory": "precompute.adapters.memory:MemoryBackend:MemoryReader",
+    "sqlite": "precompute.adapters.sqlite:SQLiteBackend:SQLiteReader",
+    "redis": "precompute.adapters.redis:RedisBackend:RedisReader",
+    "rediss": "precompute.adapters.redis:RedisBackend:RedisReader",
+    "redis+cluster": "precompute.adapters.redis:RedisBackend:RedisReader",
+    "rediss+cluster": "precompute.adapters.redis:RedisBackend:RedisReader",
+    "bigtable": "precompute.adapters.bigtable:BigtableBackend:BigtableReader",
+    "dynamodb": "precompute.adapters.dynamodb:DynamoDBBackend:DynamoDBReader",
 }
 
 #: The pip extra that installs each module's SDK, named in the error when it is missing.
-EXTRAS = {"adapters.redis": "redis", "adapters.bigtable": "bigtable", "adapters.dynamodb": "dynamodb"}
+EXTRAS = {
+    "precompute.adapters.redis": "redis",
+    "precompute.adapters.bigtable": "bigtable",
+    "precompute.adapters.dynamodb": "dynamodb",
+}
 
 
 def _classes(url: StoreURL) -> tuple[type[Backend], type[Reader]]:

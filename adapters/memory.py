@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from store import Backend, Item, Reader, StoreURL
+from precompute.store import Backend, Item, Reader, StoreURL
 
 
 @dataclass

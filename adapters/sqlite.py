@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from store import Backend, Item, Reader, StoreError, StoreUnavailable, StoreURL
+from precompute.store import Backend, Item, Reader, StoreError, StoreUnavailable, StoreURL
 
 _VERSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SCHEMA = """

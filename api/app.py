@@ -35,22 +35,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from adapters import open_backend, open_reader
-from api.cache import HotCache, NegativeCache
-from api.live import LiveVersion
-from api.logs import Summary
-from api.lookup import Lookup
-from api.metrics import CONTENT_TYPE, Metrics, escape, gauge
-from api.openapi import describe
-from api.responses import LookupFailed
+from precompute.adapters import open_backend, open_reader
+from precompute.api.cache import HotCache, NegativeCache
+from precompute.api.live import LiveVersion
+from precompute.api.logs import Summary
+from precompute.api.lookup import Lookup
+from precompute.api.metrics import CONTENT_TYPE, Metrics, escape, gauge
+from precompute.api.openapi import describe
+from precompute.api.responses import LookupFailed
 from precompute.config import Config, ConfigError
 from precompute.space import GridSpace
-from store import Backend, Reader
+from precompute.store import Backend, Reader
 
 if TYPE_CHECKING:
-    from api.batching import Batcher
-    from api.fallback import Online, OnlineModel, Scored
-    from api.writeback import WriteBack
+    from precompute.api.batching import Batcher
+    from precompute.api.fallback import Online, OnlineModel, Scored
+    from precompute.api.writeback import WriteBack
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -82,9 +82,9 @@ def create_app(config: Config, reader: Reader | None = None, backend: Backend | 
                 'cannot be scored online. Fix: fallback = "off"'
             )
         # Imported here: with the fallback off, serving never imports the model code (nor TensorFlow).
-        from api.batching import Batcher, make_policy
-        from api.fallback import OnlineModel
-        from api.writeback import WriteBack
+        from precompute.api.batching import Batcher, make_policy
+        from precompute.api.fallback import OnlineModel
+        from precompute.api.writeback import WriteBack
 
         writeback = WriteBack(store_backend, metrics, serve.write_back_ttl_seconds) if serve.write_back else None
         online = OnlineModel(config, store_backend, writeback)
@@ -177,7 +177,7 @@ def create_app(config: Config, reader: Reader | None = None, backend: Backend | 
 
     guard: Callable[[Endpoint], Endpoint] = lambda endpoint: endpoint  # noqa: E731
     if serve.auth != "off":
-        from api.auth import Tokens
+        from precompute.api.auth import Tokens
 
         tokens = Tokens(serve.auth, serve.auth_tokens)
         guard = lambda endpoint: tokens.guard(endpoint, metrics)  # noqa: E731

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from api.metrics import Metrics
+from precompute.api.metrics import Metrics
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

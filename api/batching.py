@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from api.metrics import Metrics, gauge
+from precompute.api.metrics import Metrics, gauge
 
 P = TypeVar("P")
 R = TypeVar("R")

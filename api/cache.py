@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from api.metrics import gauge
+from precompute.api.metrics import gauge
 
 ENTRY_OVERHEAD = 160
 

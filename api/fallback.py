@@ -23,14 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from api.writeback import WriteBack
+from precompute.api.writeback import WriteBack
 from precompute.config import Config
 from precompute.model import Array, Model, ModelError, fingerprint
 from precompute.scoring import grid_inputs
 from precompute.space import Categorical, Decoded, GridSpace, Range
+from precompute.store import Backend, StoreError, Versions
+from precompute.store.codec import encode_value
 from precompute.values import encode_values
-from store import Backend, StoreError, Versions
-from store.codec import encode_value
 
 log = logging.getLogger("precompute.api")
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 
-from store import Reader, StoreError
+from precompute.store import Reader, StoreError
 
 log = logging.getLogger("precompute.api")
 

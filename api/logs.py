@@ -18,8 +18,8 @@ import logging
 import time
 from typing import Any
 
-from api.cache import HotCache
-from api.metrics import Metrics
+from precompute.api.cache import HotCache
+from precompute.api.metrics import Metrics
 
 log = logging.getLogger("precompute.api")
 SUMMARY_SECONDS = 60.0

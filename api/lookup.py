@@ -23,19 +23,19 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from api.cache import HotCache, NegativeCache
-from api.live import LiveVersion
-from api.metrics import Histogram, Metrics
-from api.online import OnlineAnswers
-from api.responses import NON_FINITE, RETRY, LookupFailed, splice
+from precompute.api.cache import HotCache, NegativeCache
+from precompute.api.live import LiveVersion
+from precompute.api.metrics import Histogram, Metrics
+from precompute.api.online import OnlineAnswers
+from precompute.api.responses import NON_FINITE, RETRY, LookupFailed, splice
 from precompute.config import Config
 from precompute.space import Decoded, GridSpace, SpaceError
-from store import Reader, StoreError
-from store.codec import EXPIRING, InvalidKey, encode_key, unexpired
+from precompute.store import Reader, StoreError
+from precompute.store.codec import EXPIRING, InvalidKey, encode_key, unexpired
 
 if TYPE_CHECKING:
-    from api.batching import Batcher
-    from api.fallback import Online, Scored
+    from precompute.api.batching import Batcher
+    from precompute.api.fallback import Online, Scored
 
 
 class Lookup:
@@ -85,7 +85,7 @@ class Lookup:
             if decoded.in_space:
                 key = decoded.key
             elif self.online_may_answer():
-                from api.fallback import off_grid_key
+                from precompute.api.fallback import off_grid_key
 
                 key = off_grid_key(self.space, decoded.features)
             else:
@@ -105,7 +105,7 @@ class Lookup:
         except SpaceError as exc:
             if exc.malformed or not self.online_may_answer():
                 raise LookupFailed(400 if exc.malformed else 404, str(exc)) from None
-        from api.fallback import from_raw_features
+        from precompute.api.fallback import from_raw_features
 
         try:
             decoded = from_raw_features(self.space, dict(features))

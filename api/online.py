@@ -9,13 +9,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from api.metrics import Metrics
-from api.responses import NON_FINITE, RETRY, LookupFailed, splice
+from precompute.api.metrics import Metrics
+from precompute.api.responses import NON_FINITE, RETRY, LookupFailed, splice
 from precompute.space import Decoded
 
 if TYPE_CHECKING:
-    from api.batching import Batcher
-    from api.fallback import Online, Scored
+    from precompute.api.batching import Batcher
+    from precompute.api.fallback import Online, Scored
 
 log = logging.getLogger("precompute.api")
 
@@ -31,8 +31,8 @@ class OnlineAnswers:
 
     async def scored(self, items: list[tuple[str, Decoded]], version: str | None, started: float) -> list[Scored | str]:
         """Each item's answer, or why there is none: "overloaded", "deadline" or "model_error"."""
-        from api.batching import Overloaded, TooLate
-        from api.fallback import Online
+        from precompute.api.batching import Overloaded, TooLate
+        from precompute.api.fallback import Online
 
         remaining = self.deadline - (time.perf_counter() - started)
         outcome: list[Scored | str] = ["overloaded"] * len(items)

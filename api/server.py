@@ -12,8 +12,8 @@ import math
 
 import uvicorn
 
-from api.app import create_app
-from api.logs import configure
+from precompute.api.app import create_app
+from precompute.api.logs import configure
 from precompute.config import Config
 
 

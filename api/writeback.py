@@ -24,9 +24,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from api.metrics import Metrics
-from store import Backend, StoreError
-from store.codec import encode_key, expiring
+from precompute.api.metrics import Metrics
+from precompute.store import Backend, StoreError
+from precompute.store.codec import encode_key, expiring
 
 log = logging.getLogger("precompute.api")
 

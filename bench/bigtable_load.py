@@ -40,12 +40,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from adapters import open_backend, open_reader  # noqa: E402
-from adapters.bigtable import BigtableBackend  # noqa: E402
-from adapters.bigtable_clients import async_data_client, shared_data_client  # noqa: E402
-from adapters.bigtable_writes import entries_for  # noqa: E402
-from store import Item, Versions  # noqa: E402
-from store.codec import encode_key, encode_value  # noqa: E402
+from precompute.adapters import open_backend, open_reader  # noqa: E402
+from precompute.adapters.bigtable import BigtableBackend  # noqa: E402
+from precompute.adapters.bigtable.client import async_data_client, shared_data_client  # noqa: E402
+from precompute.adapters.bigtable.writes import entries_for  # noqa: E402
+from precompute.store import Item, Versions  # noqa: E402
+from precompute.store.codec import encode_key, encode_value  # noqa: E402
 from tests.servers import free_port, stop, wait_for_port  # noqa: E402
 from tests.servers.bigtable import HINT, find_emulator  # noqa: E402
 

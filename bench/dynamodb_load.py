@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 from rows import babyweight_rows  # noqa: E402  (bench/rows.py, beside this script)
 
-from adapters import open_backend, open_reader  # noqa: E402
-from adapters.dynamodb import DynamoDBBackend  # noqa: E402
+from precompute.adapters import open_backend, open_reader  # noqa: E402
+from precompute.adapters.dynamodb import DynamoDBBackend  # noqa: E402
 from tests.servers import free_port, stop, wait_for_port  # noqa: E402
 from tests.servers.dynamodb import local_dir, store_url  # noqa: E402
 

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 from rows import babyweight_rows  # bench/rows.py, beside this script
 
-from adapters import open_backend, open_reader
-from adapters.redis_bulk import pack
-from adapters.redis_layout import ROWS_PER_BUCKET
-from store import Versions
+from precompute.adapters import open_backend, open_reader
+from precompute.adapters.redis.bulk import pack
+from precompute.adapters.redis.layout import ROWS_PER_BUCKET
+from precompute.store import Versions
 from tests.servers import free_port
 
 

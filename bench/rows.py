@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from store.codec import encode_key, encode_value
+from precompute.store.codec import encode_key, encode_value
 
 PLURALITY = ("Single(1)", "Twins(2)", "Triplets(3)", "Quadruplets(4)", "Quintuplets(5)", "Multiple(2+)")
 

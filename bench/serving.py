@@ -359,9 +359,9 @@ def redis_copy(config: Config, space: GridSpace, tmp: Path) -> Iterator[str | No
     if binary is None:
         yield None
         return
-    from adapters import open_backend
-    from store import Versions
-    from store.codec import encode_key
+    from precompute.adapters import open_backend
+    from precompute.store import Versions
+    from precompute.store.codec import encode_key
 
     port = free_port()
     proc = subprocess.Popen(
@@ -470,7 +470,7 @@ def metrics(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Pat
 
 
 def _instrumentation_us(n: int = 200_000) -> float:
-    from api.metrics import Metrics
+    from precompute.api.metrics import Metrics
 
     m = Metrics()
     clock = time.perf_counter
@@ -492,8 +492,8 @@ def _scraper(port: int, every: float | None, stop: threading.Event, took_ms: lis
 
 
 def policy(args: argparse.Namespace) -> None:
-    from api.batching import AIMD, Batcher, Fixed, LatencyFit, Overloaded, Policy
-    from api.metrics import Metrics
+    from precompute.api.batching import AIMD, Batcher, Fixed, LatencyFit, Overloaded, Policy
+    from precompute.api.metrics import Metrics
 
     target, deadline, clients = 0.050, 0.200, 300
     fast, slow = 0.00005, 0.001

@@ -31,7 +31,7 @@ from types import FrameType
 from precompute.config import Config, ConfigError, load_config
 from precompute.model import ModelError
 from precompute.space import GridSpace, SpaceError
-from store import LockHeld, RunLock, StoreError, UnknownBackend, VersionError, Versions
+from precompute.store import LockHeld, RunLock, StoreError, UnknownBackend, VersionError, Versions
 
 log = logging.getLogger("precompute")
 
@@ -135,7 +135,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    from api.server import serve
+    from precompute.api.server import serve
 
     with contextlib.suppress(Terminated):  # uvicorn has finished the requests in flight: a normal stop
         serve(config, host=args.host, port=args.port)
@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def _open(config: Config) -> Versions:
-    from adapters import open_backend
+    from precompute.adapters import open_backend
 
     return Versions(open_backend(config.store_url))
 
@@ -184,8 +184,8 @@ def _gc(args: argparse.Namespace, config: Config) -> int:
 
 
 def _get(args: argparse.Namespace, config: Config) -> int:
-    from adapters import open_reader
-    from store.codec import encode_key, unexpired
+    from precompute.adapters import open_reader
+    from precompute.store.codec import encode_key, unexpired
 
     key = args.key
     if isinstance(config.space, GridSpace):

@@ -18,7 +18,7 @@ from typing import Any
 
 from precompute.keys import KeyTemplate
 from precompute.space import Categorical, Dimension, GridSpace, Range, Space, TableSpace
-from store import StoreURL
+from precompute.store import StoreURL
 
 STORE_ENV = "PRECOMPUTE_STORE"
 TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json"}

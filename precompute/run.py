@@ -30,15 +30,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from adapters import backend_class, open_backend
+from precompute.adapters import backend_class, open_backend
 from precompute.config import Config, ConfigError
 from precompute.model import Model, ModelError, fingerprint
 from precompute.plan import ActorPlan, plan_actors
 from precompute.scoring import GridScorer, TableScorer, grid_inputs, grid_keys, table_columns
 from precompute.sink import StoreDatasink
 from precompute.space import GridSpace, TableSpace
+from precompute.store import Backend, RunLock, State, StoreError, VersionRecord, Versions
 from precompute.values import NonFiniteOutput, encode_values
-from store import Backend, RunLock, State, StoreError, VersionRecord, Versions
 
 log = logging.getLogger("precompute")
 

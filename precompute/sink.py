@@ -13,7 +13,7 @@ from typing import Any
 from ray.data.block import BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
-from adapters import open_backend
+from precompute.adapters import open_backend
 
 ROWS_PER_WRITE_TASK = 262_144
 

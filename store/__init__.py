@@ -1,7 +1,7 @@
 """The store contract: backends, versions, the run lock, key and value codecs (standard library only)."""
 
-from store.backend import Backend, Item, Reader
-from store.errors import (
+from precompute.store.backend import Backend, Item, Reader
+from precompute.store.errors import (
     ItemTooLarge,
     LockHeld,
     StoreError,
@@ -10,8 +10,8 @@ from store.errors import (
     VersionError,
     WriteError,
 )
-from store.url import StoreURL
-from store.versions import RunLock, State, VersionRecord, Versions, VersionView
+from precompute.store.url import StoreURL
+from precompute.store.versions import RunLock, State, VersionRecord, Versions, VersionView
 
 __all__ = [
     "Backend",

@@ -18,8 +18,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
-from store.errors import ItemTooLarge
-from store.url import StoreURL
+from precompute.store.errors import ItemTooLarge
+from precompute.store.url import StoreURL
 
 Item = tuple[bytes, bytes]
 """One row of a version: (encoded key, encoded value)."""

@@ -26,9 +26,9 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-from store.backend import Backend
-from store.codec import KEY_FORMAT, VALUE_FORMAT
-from store.errors import LockHeld, StoreError, VersionError
+from precompute.store.backend import Backend
+from precompute.store.codec import KEY_FORMAT, VALUE_FORMAT
+from precompute.store.errors import LockHeld, StoreError, VersionError
 
 
 class State(StrEnum):

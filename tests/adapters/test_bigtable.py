@@ -25,10 +25,10 @@ from google.cloud.bigtable.data import (
     SetCell,
 )
 
-from adapters import open_backend, open_reader
-from adapters.bigtable import BigtableBackend, BigtableReader
-from adapters.bigtable_clients import admin_client, close_admin, ensure_table
-from adapters.bigtable_layout import (
+from precompute.adapters import open_backend, open_reader
+from precompute.adapters.bigtable import BigtableBackend, BigtableReader
+from precompute.adapters.bigtable.client import admin_client, close_admin, ensure_table
+from precompute.adapters.bigtable.layout import (
     CELL_TIMESTAMP,
     DATA_FAMILY,
     META_FAMILY,
@@ -37,9 +37,9 @@ from adapters.bigtable_layout import (
     encode_lease,
     version_prefix,
 )
-from store import State, StoreError, StoreUnavailable, StoreURL, Versions, WriteError
-from store.codec import encode_key, encode_value
-from store.retry import Backoff, BackoffIterator
+from precompute.store import State, StoreError, StoreUnavailable, StoreURL, Versions, WriteError
+from precompute.store.codec import encode_key, encode_value
+from precompute.store.retry import Backoff, BackoffIterator
 from tests.servers import free_port
 
 # The SDK's exception constructors are untyped.
@@ -189,7 +189,7 @@ def test_an_existing_table_is_used_without_any_admin_call(
     def no_admin() -> None:
         raise AssertionError("an admin client was opened")
 
-    monkeypatch.setattr("adapters.bigtable.admin_client", no_admin)
+    monkeypatch.setattr("precompute.adapters.bigtable.admin_client", no_admin)
     backend = open_backend(bigtable_store_url)
     versions = Versions(backend)
     record = versions.begin()

@@ -18,12 +18,12 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from adapters import open_backend, open_reader
-from adapters.dynamodb import DynamoDBBackend, DynamoDBReader
-from adapters.dynamodb_batch import RateLimiter
-from adapters.dynamodb_config import MAX_ITEM_BYTES, parse_settings
-from store import ItemTooLarge, StoreError, StoreUnavailable, StoreURL, WriteError
-from store.codec import MAX_KEY_BYTES, encode_key, encode_value
+from precompute.adapters import open_backend, open_reader
+from precompute.adapters.dynamodb import DynamoDBBackend, DynamoDBReader
+from precompute.adapters.dynamodb.options import MAX_ITEM_BYTES, parse_settings
+from precompute.adapters.dynamodb.writes import RateLimiter
+from precompute.store import ItemTooLarge, StoreError, StoreUnavailable, StoreURL, WriteError
+from precompute.store.codec import MAX_KEY_BYTES, encode_key, encode_value
 from tests.servers.dynamodb import FaultProxy, local_client, store_url
 
 

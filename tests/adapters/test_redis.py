@@ -15,13 +15,13 @@ import pytest
 import redis
 import redis.cluster
 
-from adapters import open_backend, open_reader
-from adapters.redis import RedisBackend
-from adapters.redis_bulk import Command, LinePipeline, hset_fields, pack
-from adapters.redis_layout import DEFAULT_BUCKETS, ROWS_PER_BUCKET, Layout, RedisOptions, expected_rows
-from adapters.redis_writes import BulkRunner, hset_pieces
-from store import StoreError, StoreUnavailable, StoreURL, VersionError, Versions, WriteError
-from store.codec import encode_key, encode_value
+from precompute.adapters import open_backend, open_reader
+from precompute.adapters.redis import RedisBackend
+from precompute.adapters.redis.bulk import Command, LinePipeline, hset_fields, pack
+from precompute.adapters.redis.layout import DEFAULT_BUCKETS, ROWS_PER_BUCKET, Layout, RedisOptions, expected_rows
+from precompute.adapters.redis.writes import BulkRunner, hset_pieces
+from precompute.store import StoreError, StoreUnavailable, StoreURL, VersionError, Versions, WriteError
+from precompute.store.codec import encode_key, encode_value
 from tests.servers.redis import RedisProcess
 
 pytestmark = pytest.mark.server

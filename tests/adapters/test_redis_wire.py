@@ -19,10 +19,10 @@ import redis
 import uvloop
 from redis.crc import key_slot
 
-from adapters import open_backend, open_reader
-from adapters.redis_reader import RedisReader
-from store import StoreError, StoreUnavailable, Versions
-from store.codec import encode_key, encode_value
+from precompute.adapters import open_backend, open_reader
+from precompute.adapters.redis.reader import RedisReader
+from precompute.store import StoreError, StoreUnavailable, Versions
+from precompute.store.codec import encode_key, encode_value
 from tests.servers import find_binary, free_port
 from tests.servers.redis import RedisProcess, create_cluster, redis_binary
 

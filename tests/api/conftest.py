@@ -15,10 +15,10 @@ import httpx2 as httpx
 import pytest
 from starlette.applications import Starlette
 
-from adapters import open_backend
+from precompute.adapters import open_backend
 from precompute.config import Config, load_config
-from store import StoreUnavailable, Versions
-from store.codec import encode_key
+from precompute.store import StoreUnavailable, Versions
+from precompute.store.codec import encode_key
 from tests.precompute.conftest import EXAMPLE_CONFIG
 from tests.precompute.models import save_formula_model
 

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from adapters import open_backend
-from api import create_app
+from precompute.adapters import open_backend
+from precompute.api import create_app
 from precompute.config import Config, load_config
-from store import Versions
-from store.codec import encode_key
+from precompute.store import Versions
+from precompute.store.codec import encode_key
 from tests.api.conftest import FailingReader
 from tests.precompute.conftest import EXAMPLE_CONFIG
 
@@ -141,7 +141,7 @@ def test_a_new_version_is_served_without_restart(config: Config) -> None:
 
 
 def test_store_failure_is_503_and_recovers(config: Config) -> None:
-    from adapters import open_reader
+    from precompute.adapters import open_reader
 
     other = "False:30:Twins(2):36"
     publish(config, {KEY: b'{"weight_pounds":7.31}', other: b'{"weight_pounds":5.5}'})

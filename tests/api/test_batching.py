@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from api.batching import AIMD, Batcher, Fixed, LatencyFit, Overloaded, TooLate
-from api.metrics import Metrics
+from precompute.api.batching import AIMD, Batcher, Fixed, LatencyFit, Overloaded, TooLate
+from precompute.api.metrics import Metrics
 
 
 def sleeping(per_call: float, per_item: float = 0.0) -> tuple[list[int], object]:

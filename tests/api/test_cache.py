@@ -6,9 +6,9 @@ import time
 
 from starlette.testclient import TestClient
 
-from api import create_app
-from api.cache import ENTRY_OVERHEAD, HotCache, NegativeCache
-from store import StoreUnavailable
+from precompute.api import create_app
+from precompute.api.cache import ENTRY_OVERHEAD, HotCache, NegativeCache
+from precompute.store import StoreUnavailable
 from tests.api.conftest import memory_config, publish, wait_for
 
 KEY = "True:25:Single(1):39"
@@ -113,7 +113,7 @@ class CountingReader:
 
 
 def test_absent_keys_are_remembered_briefly() -> None:
-    from adapters import open_reader
+    from precompute.adapters import open_reader
 
     config = memory_config(negative_ttl_seconds=0.3)
     publish(config, {KEY: b'{"weight_pounds":7.31}'})

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from adapters import open_backend, open_reader
-from api import create_app
+from precompute.adapters import open_backend, open_reader
+from precompute.api import create_app
 from precompute.config import ConfigError, load_config
 from precompute.model import fingerprint
 from precompute.scoring import GridScorer, grid_inputs
 from precompute.space import GridSpace, TableSpace
-from store.codec import encode_key
+from precompute.store.codec import encode_key
 from tests.api.conftest import NAP, FailingReader, expected_weight, memory_config, publish, running, wait_for
 from tests.precompute.conftest import EXAMPLE, EXAMPLE_CONFIG, ROOT
 
@@ -344,7 +344,7 @@ def test_tensorflow_is_imported_only_with_the_fallback_on() -> None:
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 from starlette.testclient import TestClient
-from api import create_app
+from precompute.api import create_app
 from precompute.config import load_config
 config = load_config({str(EXAMPLE_CONFIG)!r}, env={{"PRECOMPUTE_STORE": "memory://tf-check"}})
 with TestClient(create_app(config)) as client:

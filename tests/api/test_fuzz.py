@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.applications import Starlette
 
-from api import create_app
+from precompute.api import create_app
 from precompute.model import fingerprint
 from tests.api.conftest import memory_config, publish
 from tests.precompute.conftest import EXAMPLE

@@ -13,10 +13,10 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
-from api import create_app
-from api.auth import Tokens
-from api.logs import JsonFormatter, Summary
-from api.metrics import Histogram, Metrics
+from precompute.api import create_app
+from precompute.api.auth import Tokens
+from precompute.api.logs import JsonFormatter, Summary
+from precompute.api.metrics import Histogram, Metrics
 from precompute.config import ConfigError, load_config
 from tests.api.conftest import NAP, memory_config, publish, wait_for
 from tests.precompute.conftest import EXAMPLE_CONFIG

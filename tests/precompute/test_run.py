@@ -14,14 +14,14 @@ import pyarrow.csv
 import pytest
 from starlette.testclient import TestClient
 
-from adapters import open_backend, open_reader
-from api import create_app
+from precompute.adapters import open_backend, open_reader
+from precompute.api import create_app
 from precompute.config import Config, load_config
 from precompute.model import Model, ModelError
 from precompute.run import VerificationFailed, run
 from precompute.space import GridSpace
-from store import LockHeld, RunLock, State, Versions
-from store.codec import encode_key
+from precompute.store import LockHeld, RunLock, State, Versions
+from precompute.store.codec import encode_key
 from tests.precompute.conftest import EXAMPLE, EXAMPLE_CONFIG
 from tests.precompute.models import save_formula_model
 

@@ -66,7 +66,7 @@ def bigtable_emulator() -> Iterator[str]:
 def drop_table(table: str) -> None:
     from google.api_core import exceptions
 
-    from adapters.bigtable_clients import admin_client, close_admin
+    from precompute.adapters.bigtable.client import admin_client, close_admin
 
     admin = admin_client()
     try:

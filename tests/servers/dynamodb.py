@@ -35,7 +35,7 @@ from tests.servers import ROOT, find_binary, free_port, missing, stop, wait_for_
 
 STORE_FIXTURES = ["dynamodb_store_url", "dynamodb_faulty_store_url"]
 REGION = "us-east-1"
-#: The secret behind ``credentials=placeholder`` (see adapters.dynamodb_config.PLACEHOLDER_KEY).
+#: The secret behind ``credentials=placeholder`` (see adapters.dynamodb.options.PLACEHOLDER_KEY).
 PLACEHOLDER_SECRET = "precomputelocal"
 INSTALL_HINT = "run `make servers` (needs npm and Java 17)"
 

@@ -9,8 +9,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from precompute.store.codec import (
+    InvalidKey,
+    decode_value,
+    encode_key,
+    encode_value,
+    expiring,
+    format_float32,
+    unexpired,
+)
 from precompute.values import NonFiniteOutput, encode_values
-from store.codec import InvalidKey, decode_value, encode_key, encode_value, expiring, format_float32, unexpired
 
 
 def f32(x: float) -> float:

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from adapters import open_backend, open_reader
-from store import Backend, ItemTooLarge, LockHeld, RunLock, State, VersionError, Versions
-from store.codec import encode_key, encode_value
+from precompute.adapters import open_backend, open_reader
+from precompute.store import Backend, ItemTooLarge, LockHeld, RunLock, State, VersionError, Versions
+from precompute.store.codec import encode_key, encode_value
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from store.retry import Backoff
+from precompute.store.retry import Backoff
 
 
 def test_backoff_is_jittered_exponential_and_bounded() -> None:

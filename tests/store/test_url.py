@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters import backend_class, open_backend
-from store import StoreURL, UnknownBackend
+from precompute.adapters import backend_class, open_backend
+from precompute.store import StoreURL, UnknownBackend
 
 
 def test_parts_and_options() -> None:

@@ -4,7 +4,7 @@ For request spaces that do not fit in memory: hundreds of millions of keys, mill
 scale. Credentials come the standard Google way (application default credentials), never from the URL;
 ``BIGTABLE_EMULATOR_HOST=host:port`` points every client at the emulator instead.
 
-Layout: one table, a row-key prefix per version (details in :mod:`adapters.bigtable_layout`)::
+Layout: one table, a row-key prefix per version (details in :mod:`adapters.bigtable.layout`)::
 
     <version>#<key>  -> v:v = value       ~alias -> m:alias       ~lock -> m:lease       ~record#<version> -> m:r
 
@@ -24,8 +24,8 @@ The price: on a replicated instance ``DropRowRange`` makes the replicas work har
 ``DeleteTable``, and only one may run per table at a time (a concurrent one is refused: retried here).
 
 Writes: ``bulk_mutate_rows`` with every per-row status checked, failed rows retried with backoff and
-then raised (:mod:`adapters.bigtable_writes`). Ray write tasks each hold their own process-wide client
-(:mod:`adapters.bigtable_clients`), so tasks write in parallel. Reads: ``read_row`` for one key,
+then raised (:mod:`adapters.bigtable.writes`). Ray write tasks each hold their own process-wide client
+(:mod:`adapters.bigtable.client`), so tasks write in parallel. Reads: ``read_row`` for one key,
 ``read_rows`` with a row-key set for a batch, answers put back in input order.
 
 Measured against the emulator on this shared 2-core machine (``bench/bigtable_load.py``, three runs of
@@ -46,7 +46,7 @@ from typing import Any
 from google.api_core import exceptions as core_exceptions
 from google.cloud.bigtable.data import BigtableDataClientAsync, ReadRowsQuery, Row, TableAsync
 
-from adapters.bigtable_clients import (
+from precompute.adapters.bigtable.client import (
     AdminClient,
     TableMissing,
     admin_client,
@@ -56,7 +56,7 @@ from adapters.bigtable_clients import (
     errors,
     shared_data_client,
 )
-from adapters.bigtable_layout import (
+from precompute.adapters.bigtable.layout import (
     ALIAS_COLUMN,
     ALIAS_ROW,
     DATA_FAMILY,
@@ -66,10 +66,10 @@ from adapters.bigtable_layout import (
     first_cell,
     version_prefix,
 )
-from adapters.bigtable_meta import MetaRows
-from adapters.bigtable_writes import write_rows
-from store import Backend, Item, Reader, StoreURL
-from store.retry import Backoff
+from precompute.adapters.bigtable.meta import MetaRows
+from precompute.adapters.bigtable.writes import write_rows
+from precompute.store import Backend, Item, Reader, StoreURL
+from precompute.store.retry import Backoff
 
 #: Time budget of one data call, the client's own retries included, unless the URL sets ``timeout``: the
 #: batch side can wait out a blip; a lookup should fail fast and let the caller answer 503.
@@ -180,7 +180,7 @@ class BigtableBackend(Backend):
         except TableMissing:
             return  # no table, so no rows
 
-    # -- version records, alias, lock: see adapters.bigtable_meta ---------------------------------
+    # -- version records, alias, lock: see adapters.bigtable.meta ---------------------------------
 
     def put_record(self, version: str, record: bytes) -> None:
         self._ensure_table()

@@ -1,4 +1,4 @@
-"""AWS DynamoDB backend: ``dynamodb://TABLE_PREFIX?region=eu-west-1`` (options in :mod:`adapters.dynamodb_config`).
+"""AWS DynamoDB backend: ``dynamodb://TABLE_PREFIX?region=eu-west-1`` (options in :mod:`adapters.dynamodb.options`).
 
 Layout: one table per version, ``PREFIX.v.VERSION`` (partition key ``k``, binary; value ``v``, binary),
 plus one small table ``PREFIX.meta`` (``pk``/``sk`` strings) that holds the live alias
@@ -26,12 +26,12 @@ write units billed by the drop  0                    20 000
   an account holds 2 500 tables per region by default, so ``precompute gc`` must keep running.
 
 The live alias, the run lock and the version records live in the meta table
-(:mod:`adapters.dynamodb_tables`); bulk writes and reads and their retries in
-:mod:`adapters.dynamodb_batch`.
+(:mod:`adapters.dynamodb.layout`); bulk writes and reads and their retries in
+:mod:`adapters.dynamodb.writes`.
 
 Reads: the batch side (``Backend.read``, verification and the CLI) uses boto3 with strongly consistent
 BatchGetItem; the API's :class:`DynamoDBReader` uses the lean aiohttp client of
-:mod:`adapters.dynamodb_http`, chosen on figures (p50 0.47 against 0.92 ms, 0.31 against 0.80 ms of CPU
+:mod:`adapters.dynamodb.wire`, chosen on figures (p50 0.47 against 0.92 ms, 0.31 against 0.80 ms of CPU
 per lookup, 2.1x the lookups/s of boto3). ``count`` is ``None``: DynamoDB's ItemCount is refreshed
 every ~6 hours and a Scan would read the whole table.
 """
@@ -41,12 +41,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.dynamodb_batch import BatchIO, item_size
-from adapters.dynamodb_config import KEY_ATTR, MAX_ITEM_BYTES, Settings, connection, parse_settings
-from adapters.dynamodb_reader import DynamoDBReader
-from adapters.dynamodb_tables import MetaTable, Tables
-from store import Backend, Item, StoreURL
-from store.codec import MAX_KEY_BYTES as CODEC_MAX_KEY_BYTES
+from precompute.adapters.dynamodb.layout import MetaTable, Tables
+from precompute.adapters.dynamodb.options import KEY_ATTR, MAX_ITEM_BYTES, Settings, connection, parse_settings
+from precompute.adapters.dynamodb.reader import DynamoDBReader
+from precompute.adapters.dynamodb.writes import BatchIO, item_size
+from precompute.store import Backend, Item, StoreURL
+from precompute.store.codec import MAX_KEY_BYTES as CODEC_MAX_KEY_BYTES
 
 __all__ = ["DynamoDBBackend", "DynamoDBReader"]
 

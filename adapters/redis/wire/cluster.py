@@ -1,4 +1,4 @@
-"""Lookups on a Redis Cluster: one pipelined connection (adapters/redis_wire.py) per primary, keys routed by slot.
+"""Lookups on a Redis Cluster: one pipelined connection (:mod:`.connection`) per primary, keys routed by slot.
 
 The slot map comes from ``CLUSTER SLOTS`` on any node that answers (the URL's node first). A ``MOVED``
 reply (a resharding, a failover) re-points that slot at once, re-reads the whole map in the background, and
@@ -18,9 +18,9 @@ from typing import Any
 import hiredis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from adapters.redis_layout import RedisOptions
-from adapters.redis_wire import Arg, ErrorReply, PipelinedConnection, reply_error
-from store import StoreError, StoreUnavailable
+from precompute.adapters.redis.layout import RedisOptions
+from precompute.adapters.redis.wire.connection import Arg, ErrorReply, PipelinedConnection, reply_error
+from precompute.store import StoreError, StoreUnavailable
 
 Address = tuple[str, int]
 #: Redirections one command follows before it gives up (a slot moves at most once or twice in a row).

@@ -16,8 +16,8 @@ from google.api_core import exceptions as core_exceptions
 from google.cloud.bigtable.data import DeleteAllFromRow, Mutation, ReadRowsQuery, RowRange, SetCell, Table
 from google.cloud.bigtable.data.row_filters import RowFilter
 
-from adapters.bigtable_clients import TableMissing, errors
-from adapters.bigtable_layout import (
+from precompute.adapters.bigtable.client import TableMissing, errors
+from precompute.adapters.bigtable.layout import (
     ALIAS_COLUMN,
     ALIAS_ROW,
     CELL_TIMESTAMP,
@@ -35,7 +35,7 @@ from adapters.bigtable_layout import (
     record_row,
     version_prefix,
 )
-from store import StoreError
+from precompute.store import StoreError
 
 #: Swaps lost in a row before acquire gives up; each loss means another owner changed the lease.
 LOCK_TURNS = 10

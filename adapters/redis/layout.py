@@ -13,7 +13,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from store import StoreError, StoreURL
+from precompute.store import StoreError, StoreURL
 
 _VERSION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TRUE = {"1", "true", "yes", "on"}

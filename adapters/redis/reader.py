@@ -3,8 +3,8 @@
 A lookup is one HGET; the live alias and each version's layout are read once and cached (versions are
 immutable), with :meth:`RedisReader.get_alias` warming the cache from the API's background refresh.
 A standalone server (Memorystore, ElastiCache without cluster mode) is read over one pipelined
-connection (:mod:`adapters.redis_wire`), a Redis Cluster over one per primary, keys routed by slot
-(:mod:`adapters.redis_wire_cluster`).
+connection (:mod:`adapters.redis.wire.connection`), a Redis Cluster over one per primary, keys routed by slot
+(:mod:`adapters.redis.wire.cluster`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import hiredis
 
-from adapters.redis_layout import Layout, RedisOptions, remember
-from adapters.redis_wire import Arg, PipelinedConnection, reply_error
-from adapters.redis_wire_cluster import ClusterConnections
-from store import Reader, StoreURL
+from precompute.adapters.redis.layout import Layout, RedisOptions, remember
+from precompute.adapters.redis.wire.cluster import ClusterConnections
+from precompute.adapters.redis.wire.connection import Arg, PipelinedConnection, reply_error
+from precompute.store import Reader, StoreURL
 
 
 class RedisReader(Reader):

@@ -9,7 +9,7 @@ bucket count per version), ``timeout`` / ``connect_timeout`` (socket seconds, de
 ``retry`` (seconds a bulk write or gc keeps retrying a lost server, default 15), ``ssl_ca_certs``,
 ``ssl_cert_reqs`` (required/optional/none), ``ssl_check_hostname`` (default true).
 
-Layout (names in :mod:`adapters.redis_layout`)::
+Layout (names in :mod:`adapters.redis.layout`)::
 
     <prefix>alias                  string  the live version id; flipped by one Lua compare-and-set
     <prefix>records                hash    version id -> version record (JSON)
@@ -29,11 +29,11 @@ correct, no longer compact).
 
 A lookup is one HGET (one round trip); the reader resolves the alias and the version's layout in the
 background, and every lookup in flight shares one pipelined connection per server
-(:mod:`adapters.redis_wire`). A batch is one pipeline of HGETs (per node in Cluster mode: buckets
+(:mod:`adapters.redis.wire.connection`). A batch is one pipeline of HGETs (per node in Cluster mode: buckets
 spread over all slots; every key the alias, lock and CAS touch is a single key, so publish stays
 atomic on a cluster). Loads pack a write call's rows into one HSET per bucket (grouped in numpy:
-:mod:`adapters.redis_writes`) and stream them as hand-packed, non-transactional pipelines while
-packing (:mod:`adapters.redis_bulk`), per node in Cluster mode, keeping one chunk in
+:mod:`adapters.redis.writes`) and stream them as hand-packed, non-transactional pipelines while
+packing (:mod:`adapters.redis.bulk`), per node in Cluster mode, keeping one chunk in
 flight while the next is packed. drop_version UNLINKs buckets 50 at a time with one command in
 flight, so lookups interleave between commands. Figures and their baselines: docs/redis.md.
 """
@@ -48,9 +48,9 @@ from typing import Any
 import redis
 import redis.cluster
 
-from adapters.redis_bulk import Command, LinePipeline, Ticket, pack
-from adapters.redis_client import QUIET, sync_client, translated
-from adapters.redis_layout import (
+from precompute.adapters.redis.bulk import Command, LinePipeline, Ticket, pack
+from precompute.adapters.redis.client import QUIET, sync_client, translated
+from precompute.adapters.redis.layout import (
     ACQUIRE_LOCK,
     MULTI_HGET,
     RELEASE_LOCK,
@@ -60,9 +60,9 @@ from adapters.redis_layout import (
     expected_rows,
     remember,
 )
-from adapters.redis_reader import RedisReader
-from adapters.redis_writes import BulkRunner, hset_pieces
-from store import Backend, Item, StoreURL, VersionError
+from precompute.adapters.redis.reader import RedisReader
+from precompute.adapters.redis.writes import BulkRunner, hset_pieces
+from precompute.store import Backend, Item, StoreURL, VersionError
 
 #: Buckets per UNLINK: ~2,400 rows, so one command holds the server for about a millisecond and
 #: lookups queue behind at most that (1,000 buckets per command measured p99 7 ms on lookups).
@@ -76,7 +76,7 @@ def _bytes(value: object) -> bytes | None:
 
 
 class RedisBackend(Backend):
-    # The larger a call, the more of its rows share a bucket and an HSET (adapters.redis_writes has
+    # The larger a call, the more of its rows share a bucket and an HSET (adapters.redis.writes has
     # the figures); a 1 M-row call of small rows peaks at ~290 MB of Python memory while packed.
     max_write_batch = 1_000_000
     max_read_batch = 1_000

@@ -1,5 +1,5 @@
 """The API's read side of ``dynamodb://``: one GetItem per lookup, 100-key BatchGetItem requests in
-parallel for a batch, on the asyncio client of :mod:`adapters.dynamodb_http`.
+parallel for a batch, on the asyncio client of :mod:`adapters.dynamodb.wire`.
 
 Lookups are eventually consistent by default (half the read units of a strongly consistent read): a
 version is published only after its load is complete, long past the second or so replication takes.
@@ -15,10 +15,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.dynamodb_batch import READ_REQUEST_KEYS
-from adapters.dynamodb_config import KEY_ATTR, VALUE_ATTR, connection, parse_settings
-from adapters.dynamodb_tables import ALIAS_KEY
-from store import Reader, StoreUnavailable, StoreURL
+from precompute.adapters.dynamodb.layout import ALIAS_KEY
+from precompute.adapters.dynamodb.options import KEY_ATTR, VALUE_ATTR, connection, parse_settings
+from precompute.adapters.dynamodb.writes import READ_REQUEST_KEYS
+from precompute.store import Reader, StoreUnavailable, StoreURL
 
 
 class DynamoDBReader(Reader):
@@ -28,7 +28,7 @@ class DynamoDBReader(Reader):
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
         # Imported here so that writer processes (Ray tasks) never load the HTTP stack they do not use.
-        from adapters.dynamodb_http import AsyncDynamoDB, TableMissing
+        from precompute.adapters.dynamodb.wire import AsyncDynamoDB, TableMissing
 
         self.settings = parse_settings(url)
         self._api = AsyncDynamoDB(connection(self.settings), self.settings)

@@ -23,8 +23,8 @@ from typing import Any, cast
 
 import hiredis
 
-from adapters.redis_layout import RedisOptions
-from store import StoreError, StoreUnavailable
+from precompute.adapters.redis.layout import RedisOptions
+from precompute.store import StoreError, StoreUnavailable
 
 Arg = bytes | str | int
 

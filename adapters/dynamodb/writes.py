@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import botocore.exceptions
 
-from adapters.dynamodb_config import (
+from precompute.adapters.dynamodb.options import (
     KEY_ATTR,
     MAX_ITEM_BYTES,
     MAX_KEY_BYTES,
@@ -37,8 +37,8 @@ from adapters.dynamodb_config import (
     is_retryable,
     translate,
 )
-from store import Item, ItemTooLarge, StoreUnavailable, WriteError
-from store.retry import Backoff
+from precompute.store import Item, ItemTooLarge, StoreUnavailable, WriteError
+from precompute.store.retry import Backoff
 
 #: DynamoDB's limits per request: 25 puts in a BatchWriteItem, 100 keys in a BatchGetItem.
 WRITE_REQUEST_ITEMS = 25

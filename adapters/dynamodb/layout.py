@@ -21,8 +21,8 @@ from typing import Any
 
 import botocore.exceptions
 
-from adapters.dynamodb_config import Settings, error_code, translate
-from store import StoreError
+from precompute.adapters.dynamodb.options import Settings, error_code, translate
+from precompute.store import StoreError
 
 _BOTO_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
 ALIAS_KEY = {"pk": {"S": "alias"}, "sk": {"S": "live"}}

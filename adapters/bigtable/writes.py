@@ -19,10 +19,10 @@ from typing import Protocol
 
 from google.cloud.bigtable.data import FailedMutationEntryError, MutationsExceptionGroup, RowMutationEntry, SetCell
 
-from adapters.bigtable_clients import is_transient, root_cause
-from adapters.bigtable_layout import CELL_TIMESTAMP, DATA_FAMILY, VALUE_COLUMN
-from store import Item, WriteError
-from store.retry import Backoff
+from precompute.adapters.bigtable.client import is_transient, root_cause
+from precompute.adapters.bigtable.layout import CELL_TIMESTAMP, DATA_FAMILY, VALUE_COLUMN
+from precompute.store import Item, WriteError
+from precompute.store.retry import Backoff
 
 #: MutateRows takes at most 100,000 mutations and a few hundred MB; split well below the byte limit.
 MAX_CALL_BYTES = 32 * 1024 * 1024

@@ -28,8 +28,8 @@ from google.cloud.bigtable_admin_v2.services.bigtable_table_admin.transports.grp
     BigtableTableAdminGrpcTransport,
 )
 
-from adapters.bigtable_layout import DATA_FAMILY, META_FAMILY, Location
-from store import StoreError, StoreUnavailable
+from precompute.adapters.bigtable.layout import DATA_FAMILY, META_FAMILY, Location
+from precompute.store import StoreError, StoreUnavailable
 
 EMULATOR_ENV = "BIGTABLE_EMULATOR_HOST"
 ADMIN_TIMEOUT_S = 60.0

@@ -36,8 +36,8 @@ import aiohttp
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
-from adapters.dynamodb_config import RETRYABLE_CODES, Connection, Settings
-from store import StoreError, StoreUnavailable
+from precompute.adapters.dynamodb.options import RETRYABLE_CODES, Connection, Settings
+from precompute.store import StoreError, StoreUnavailable
 
 _TARGET = "DynamoDB_20120810."
 

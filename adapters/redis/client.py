@@ -19,8 +19,8 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from adapters.redis_layout import RedisOptions
-from store import StoreError, StoreUnavailable, WriteError
+from precompute.adapters.redis.layout import RedisOptions
+from precompute.store import StoreError, StoreUnavailable, WriteError
 
 #: Errors that mean "the server is not there right now" rather than "the request was wrong".
 UNAVAILABLE: tuple[type[BaseException], ...] = (

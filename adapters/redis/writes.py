@@ -18,11 +18,11 @@ from operator import itemgetter
 
 import numpy as np
 
-from adapters.redis_bulk import RETRYABLE, Command, LinePipeline, Ticket, hset_fields, pack
-from adapters.redis_client import UNAVAILABLE
-from adapters.redis_layout import Layout
-from store import Item, StoreUnavailable, WriteError
-from store.retry import Backoff
+from precompute.adapters.redis.bulk import RETRYABLE, Command, LinePipeline, Ticket, hset_fields, pack
+from precompute.adapters.redis.client import UNAVAILABLE
+from precompute.adapters.redis.layout import Layout
+from precompute.store import Item, StoreUnavailable, WriteError
+from precompute.store.retry import Backoff
 
 #: Rows per piece: each piece goes out as soon as it is packed.
 PIECE = 4_096

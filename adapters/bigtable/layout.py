@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from google.cloud.bigtable.data import Row, row_filters
 
-from store import StoreError, StoreURL
+from precompute.store import StoreError, StoreURL
 
 DATA_FAMILY = "v"
 VALUE_COLUMN = b"v"

@@ -32,7 +32,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from store import StoreError, StoreUnavailable, StoreURL
+from precompute.store import StoreError, StoreUnavailable, StoreURL
 
 #: Largest item DynamoDB stores: attribute names and values together, 400 KiB.
 MAX_ITEM_BYTES = 400 * 1024

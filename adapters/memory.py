@@ -40,7 +40,7 @@ class MemoryBackend(Backend):
         super().__init__(url)
         self._s = _space(url)
 
-    def create_version(self, version: str) -> None:
+    def create_version(self, version: str, expected_rows: int | None = None) -> None:
         with self._s.mutex:
             self._s.data.setdefault(version, {})
 
@@ -104,9 +104,12 @@ class MemoryReader(Reader):
     async def get_alias(self) -> str | None:
         return self._s.alias
 
-    async def get(self, version: str, key: bytes) -> bytes | None:
+    async def records(self) -> dict[str, bytes]:
+        return dict(self._s.records)
+
+    async def read_one(self, version: str, key: bytes) -> bytes | None:
         return self._s.data.get(version, {}).get(key)
 
-    async def get_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
+    async def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
         rows = self._s.data.get(version, {})
         return [rows.get(k) for k in keys]

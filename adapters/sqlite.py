@@ -82,7 +82,7 @@ class SQLiteBackend(Backend):
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
 
-    def create_version(self, version: str) -> None:
+    def create_version(self, version: str, expected_rows: int | None = None) -> None:
         self._tx(f"CREATE TABLE IF NOT EXISTS {_table(version)} (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
 
     def write_batch(self, version: str, items: Sequence[Item]) -> None:
@@ -201,7 +201,14 @@ class SQLiteReader(Reader):
             raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
         return str(row[0]) if row else None
 
-    async def get(self, version: str, key: bytes) -> bytes | None:
+    async def records(self) -> dict[str, bytes]:
+        try:
+            rows = self._connection().execute("SELECT version, record FROM records").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+        return {str(v): bytes(r) for v, r in rows}
+
+    async def read_one(self, version: str, key: bytes) -> bytes | None:
         try:
             row = self._connection().execute(f"SELECT v FROM {_table(version)} WHERE k = ?", (key,)).fetchone()
         except sqlite3.OperationalError as exc:
@@ -210,7 +217,7 @@ class SQLiteReader(Reader):
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
         return bytes(row[0]) if row else None
 
-    async def get_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
+    async def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
         return _read_many(self._connection(), self._mutex, version, keys)
 
     async def aclose(self) -> None:

@@ -31,7 +31,7 @@ from types import FrameType
 from precompute.config import Config, ConfigError, load_config
 from precompute.model import ModelError
 from precompute.space import GridSpace, SpaceError
-from precompute.store import LockHeld, RunLock, StoreError, UnknownBackend, VersionError, Versions
+from precompute.store import LockHeld, RunLock, StoreConfigError, StoreError, VersionError, Versions
 
 log = logging.getLogger("precompute")
 
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, config)
     except ConfigError as exc:
         return _fail(Exit.CONFIG, f"configuration error: {exc}")
-    except UnknownBackend as exc:
+    except StoreConfigError as exc:
         return _fail(Exit.CONFIG, str(exc))
     except ModelError as exc:
         return _fail(Exit.MODEL, f"model error: {exc}")
@@ -185,7 +185,7 @@ def _gc(args: argparse.Namespace, config: Config) -> int:
 
 def _get(args: argparse.Namespace, config: Config) -> int:
     from precompute.adapters import open_reader
-    from precompute.store.codec import encode_key, unexpired
+    from precompute.store.codec import encode_key
 
     key = args.key
     if isinstance(config.space, GridSpace):
@@ -198,8 +198,7 @@ def _get(args: argparse.Namespace, config: Config) -> int:
         reader = open_reader(config.store_url)
         try:
             version = await reader.get_alias()
-            stored = await reader.get(version, encode_key(key)) if version else None
-            return version, unexpired(stored, time.time()) if stored is not None else None
+            return version, (await reader.get(version, encode_key(key)) if version else None)
         finally:
             await reader.aclose()
 

@@ -145,9 +145,9 @@ def run(config: Config) -> RunSummary:
                 "model_path": str(config.model.path),
                 "config": str(config.source),
             }
-            if isinstance(config.space, GridSpace):
-                meta["expected_rows"] = config.space.size  # lets a backend size its layout (Redis buckets)
-            record = versions.begin(meta)
+            # The announced size lets a backend size its layout (Redis buckets); a table's size is not counted yet.
+            expected = config.space.size if isinstance(config.space, GridSpace) else None
+            record = versions.begin(meta, expected_rows=expected)
             log.info("[begin] writing new version %s", record.version)
             try:
                 summary = _score_verify_publish(config, model, backend, versions, record, lock, stages)

@@ -4,13 +4,14 @@ from precompute.store.backend import Backend, Item, Reader
 from precompute.store.errors import (
     ItemTooLarge,
     LockHeld,
+    StoreConfigError,
     StoreError,
     StoreUnavailable,
     UnknownBackend,
     VersionError,
     WriteError,
 )
-from precompute.store.url import StoreURL
+from precompute.store.url import StoreURL, URLOptions
 from precompute.store.versions import RunLock, State, VersionRecord, Versions, VersionView
 
 __all__ = [
@@ -21,9 +22,11 @@ __all__ = [
     "Reader",
     "RunLock",
     "State",
+    "StoreConfigError",
     "StoreError",
     "StoreURL",
     "StoreUnavailable",
+    "URLOptions",
     "UnknownBackend",
     "VersionError",
     "VersionRecord",

@@ -14,10 +14,12 @@ primitives below.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
+from precompute.store.codec import EXPIRING, unexpired
 from precompute.store.errors import ItemTooLarge
 from precompute.store.url import StoreURL
 
@@ -48,8 +50,12 @@ class Backend(ABC):
     # -- data ------------------------------------------------------------------------------------
 
     @abstractmethod
-    def create_version(self, version: str) -> None:
-        """Create the empty namespace (table, prefix, ...) for ``version``. Idempotent."""
+    def create_version(self, version: str, expected_rows: int | None = None) -> None:
+        """Create the empty namespace (table, prefix, ...) for ``version``. Idempotent.
+
+        ``expected_rows`` is the size the run announces (``None``: unknown); a backend may size its layout
+        from it (Redis sizes its buckets), and must work, less compactly, when more rows arrive.
+        """
 
     def write(self, version: str, items: Sequence[Item]) -> None:
         """Upsert ``items`` into ``version``.
@@ -147,34 +153,56 @@ class Backend(ABC):
 
 
 class Reader(ABC):
-    """Asynchronous read side used by the API. Implementations keep one client (pool) per process."""
+    """Asynchronous read side used by the API. Implementations keep one client (pool) per process.
+
+    Adapters implement the primitives :meth:`get_alias`, :meth:`records`, :meth:`read_one` and
+    :meth:`read_batch`. Callers use :meth:`get` and :meth:`get_many`, written once here: they chunk
+    batches and read an expired value (:func:`~precompute.store.codec.expiring`) as absent.
+    """
+
+    #: Keys per :meth:`read_batch` call.
+    max_read_batch: ClassVar[int] = 1_000
 
     def __init__(self, url: StoreURL) -> None:
         self.url = url
+
+    # -- what callers use ------------------------------------------------------------------------
+
+    async def get(self, version: str, key: bytes) -> bytes | None:
+        """The value of ``key`` in ``version``, or ``None`` (absent or expired). One round trip."""
+        stored = await self.read_one(version, key)
+        if stored is None or stored[:1] != EXPIRING:
+            return stored
+        return unexpired(stored, time.time())
+
+    async def get_many(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        """One result per key, in input order; a miss (or an expired value) is ``None``. All from ``version``."""
+        if len(keys) <= self.max_read_batch:
+            stored = await self.read_batch(version, keys)
+        else:
+            stored = []
+            for start in range(0, len(keys), self.max_read_batch):
+                stored.extend(await self.read_batch(version, keys[start : start + self.max_read_batch]))
+        now = time.time()
+        return [v if v is None or v[:1] != EXPIRING else unexpired(v, now) for v in stored]
+
+    # -- what adapters implement -----------------------------------------------------------------
 
     @abstractmethod
     async def get_alias(self) -> str | None:
         """The live version id (the API calls this in the background, not per lookup)."""
 
     @abstractmethod
-    async def get(self, version: str, key: bytes) -> bytes | None:
-        """The value of ``key`` in ``version``, or ``None``. One round trip."""
-
-    #: Keys per :meth:`get_batch` call.
-    max_read_batch: ClassVar[int] = 1_000
-
-    async def get_many(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
-        """One result per key, in input order; a miss is ``None``. All from the same ``version``."""
-        if len(keys) <= self.max_read_batch:
-            return await self.get_batch(version, keys)
-        results: list[bytes | None] = []
-        for start in range(0, len(keys), self.max_read_batch):
-            results.extend(await self.get_batch(version, keys[start : start + self.max_read_batch]))
-        return results
+    async def records(self) -> dict[str, bytes]:
+        """Every stored version record, by version id (as :meth:`Backend.records`)."""
 
     @abstractmethod
-    async def get_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
-        """Like :meth:`get_many` for at most :attr:`max_read_batch` keys."""
+    async def read_one(self, version: str, key: bytes) -> bytes | None:
+        """The stored bytes of ``key`` in ``version`` (expiry mark included), or ``None``. One round trip."""
+
+    @abstractmethod
+    async def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Stored bytes for at most :attr:`max_read_batch` keys: one per key, in input order, a miss ``None``."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Optional."""

@@ -1,12 +1,19 @@
 """Key and value encoding, defined once for every backend.
 
-Format version 1, recorded in every version's record so that a reader can refuse data it cannot read:
+Formats are recorded in every version's record (``key_format``, ``value_format``) so that a reader can
+refuse data it cannot read (:meth:`precompute.store.versions.VersionRecord.check_readable`):
 
 * A key is the canonical key string (see ``precompute.space``) encoded as UTF-8. It is at most
   :data:`MAX_KEY_BYTES` bytes and holds no control characters.
 * A value is the prediction in the exact shape the API returns: a compact JSON object of the model's
   named outputs, e.g. ``{"weight_pounds":7.31}``. A hit is spliced into the response without a decode.
   Floats are written in the shortest form that reads back to the same float32.
+* Value format 2 (this one) adds the expiry mark of :func:`expiring`: a value may start with
+  ``~<unix seconds>~`` before its JSON object. Only :class:`~precompute.store.backend.Reader` strips it
+  (:func:`unexpired`), so an expired answer reads as absent everywhere; a format-1 reader refuses a
+  format-2 version instead of splicing the mark into a response.
+* A version id is 1 to 64 letters, digits, ``-`` and ``_`` (:func:`check_version`): every backend can use
+  it as it is in a table name, a key prefix or a row key.
 """
 
 from __future__ import annotations
@@ -17,11 +24,21 @@ import re
 import struct
 from collections.abc import Mapping
 
+from precompute.store.errors import VersionError
+
 KEY_FORMAT = 1
-VALUE_FORMAT = 1
+VALUE_FORMAT = 2
 MAX_KEY_BYTES = 1024
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+_VERSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_version(version: str) -> str:
+    """``version`` itself if it is a valid version id, else :class:`~precompute.store.errors.VersionError`."""
+    if not _VERSION_ID.fullmatch(version):
+        raise VersionError(f"invalid version id {version[:80]!r}: 1 to 64 letters, digits, '-' and '_'")
+    return version
 
 
 class InvalidKey(ValueError):

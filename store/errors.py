@@ -15,8 +15,15 @@ class StoreUnavailable(StoreError):
     """The store could not be reached (connection refused, timeout, DNS). Usually worth retrying later."""
 
 
-class UnknownBackend(StoreError):
-    """A store URL names a scheme no adapter handles."""
+class StoreConfigError(StoreError, ValueError):
+    """A store URL or option that cannot work (unknown option, bad value, unusable path).
+
+    Bad configuration, not an outage: the CLI exits 2 ("fix the config"), never 5 ("retry later").
+    """
+
+
+class UnknownBackend(StoreConfigError):
+    """A store URL names a scheme no adapter handles, or one whose SDK is not installed."""
 
 
 class WriteError(StoreError):

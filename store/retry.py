@@ -1,11 +1,24 @@
-"""Retry with exponential backoff, full jitter and a deadline, for the partial failures of bulk calls."""
+"""Retries with exponential backoff, full jitter and a deadline: the one mechanism for sync and async code.
+
+Two shapes cover every retry in the project:
+
+* a whole call that may fail transiently: ``policy.call(fn, retry_on)`` / ``await policy.acall(fn, retry_on)``
+  retries while ``retry_on(exc)`` is true and re-raises the last error when attempts or time run out;
+* a bulk call that fails in part (unprocessed items, per-row statuses): ``for attempt in policy.delays():``
+  (``async for`` over ``policy.adelays()``) sends what is left each time and breaks when nothing is; a loop
+  that ends without a break still has failures, which the caller raises (nothing is ever dropped).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -17,28 +30,59 @@ class Backoff:
     deadline_s: float = 60.0
     max_attempts: int = 20
 
-    def delays(self, sleep: Callable[[float], None] = time.sleep) -> BackoffIterator:
-        return BackoffIterator(self, sleep)
+    def delay(self, attempt: int, elapsed: float) -> float | None:
+        """The pause before attempt ``attempt + 1`` (``None``: give up), ``elapsed`` seconds after the first."""
+        if attempt >= self.max_attempts or elapsed >= self.deadline_s:
+            return None
+        delay = random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+        return min(delay, max(0.0, self.deadline_s - elapsed))
 
+    def delays(self, sleep: Callable[[float], None] = time.sleep) -> Iterator[int]:
+        """Attempt numbers from 1, sleeping between them, until attempts or the deadline run out."""
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            yield attempt
+            pause = self.delay(attempt, time.monotonic() - started)
+            if pause is None:
+                return
+            sleep(pause)
+            attempt += 1
 
-class BackoffIterator:
-    """Yields attempt numbers; sleeps between them; stops when attempts or the deadline run out."""
+    async def adelays(self) -> AsyncIterator[int]:
+        """:meth:`delays` for async code: the pauses are ``asyncio.sleep``."""
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            yield attempt
+            pause = self.delay(attempt, time.monotonic() - started)
+            if pause is None:
+                return
+            await asyncio.sleep(pause)
+            attempt += 1
 
-    def __init__(self, policy: Backoff, sleep: Callable[[float], None]) -> None:
-        self.policy = policy
-        self.sleep = sleep
-        self.attempt = 0
-        self.started = time.monotonic()
+    def call(self, fn: Callable[[], T], retry_on: Callable[[BaseException], bool]) -> T:
+        """``fn()``, retried while it raises an error that ``retry_on`` accepts; the last error is raised."""
+        last: Exception | None = None
+        for _attempt in self.delays():
+            try:
+                return fn()
+            except Exception as exc:
+                if not retry_on(exc):
+                    raise
+                last = exc
+        assert last is not None  # delays() yields at least once
+        raise last
 
-    def __iter__(self) -> BackoffIterator:
-        return self
-
-    def __next__(self) -> int:
-        if self.attempt > 0:
-            elapsed = time.monotonic() - self.started
-            if self.attempt >= self.policy.max_attempts or elapsed >= self.policy.deadline_s:
-                raise StopIteration
-            delay = random.uniform(0, min(self.policy.cap_s, self.policy.base_s * 2**self.attempt))
-            self.sleep(min(delay, max(0.0, self.policy.deadline_s - elapsed)))
-        self.attempt += 1
-        return self.attempt
+    async def acall(self, fn: Callable[[], Awaitable[T]], retry_on: Callable[[BaseException], bool]) -> T:
+        """:meth:`call` for a coroutine function."""
+        last: Exception | None = None
+        async for _attempt in self.adelays():
+            try:
+                return await fn()
+            except Exception as exc:
+                if not retry_on(exc):
+                    raise
+                last = exc
+        assert last is not None  # adelays() yields at least once
+        raise last

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from precompute.store.backend import Backend
-from precompute.store.codec import KEY_FORMAT, VALUE_FORMAT
+from precompute.store.codec import KEY_FORMAT, VALUE_FORMAT, check_version
 from precompute.store.errors import LockHeld, StoreError, VersionError
 
 
@@ -58,6 +58,15 @@ class VersionRecord:
         raw["state"] = State(raw["state"])
         return cls(**raw)
 
+    def check_readable(self) -> None:
+        """Raise :class:`VersionError` if this version's formats are newer than this release reads."""
+        for what, stored, ours in (("keys", self.key_format, KEY_FORMAT), ("values", self.value_format, VALUE_FORMAT)):
+            if stored > ours:
+                raise VersionError(
+                    f"version {self.version} stores {what} in format {stored}; this release of precompute reads "
+                    f"formats up to {ours}. Fix: upgrade precompute where it reads this store"
+                )
+
 
 @dataclass(frozen=True)
 class VersionView:
@@ -68,8 +77,9 @@ class VersionView:
 
 
 def new_version_id(now: float | None = None) -> str:
+    """``YYYYmmdd-HHMMSS-xxxx`` (UTC, then 16 random bits): sorts by time, valid for :func:`check_version`."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
-    return f"{stamp}-{secrets.token_hex(2)}"
+    return check_version(f"{stamp}-{secrets.token_hex(2)}")
 
 
 def lock_owner() -> str:
@@ -104,11 +114,12 @@ class Versions:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def begin(self, meta: dict[str, Any] | None = None) -> VersionRecord:
+    def begin(self, meta: dict[str, Any] | None = None, expected_rows: int | None = None) -> VersionRecord:
+        """Record a new 'writing' version and create its empty namespace, sized for ``expected_rows``."""
         record = VersionRecord(new_version_id(), State.WRITING, time.time(), meta=dict(meta or {}))
         # The record goes first: whatever data exists then has a record, so gc can always find it.
         self.backend.put_record(record.version, record.to_bytes())
-        self.backend.create_version(record.version)
+        self.backend.create_version(record.version, expected_rows)
         return record
 
     def mark_ready(self, record: VersionRecord, rows: int) -> None:

@@ -40,6 +40,7 @@ The emulator is one Go process; these figures orient, they do not predict a clus
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,7 +140,7 @@ class BigtableBackend(Backend):
 
     # -- data ------------------------------------------------------------------------------------
 
-    def create_version(self, version: str) -> None:
+    def create_version(self, version: str, expected_rows: int | None = None) -> None:
         version_prefix(version)  # a version is a key prefix: nothing to create but the table itself
         self._ensure_table()
 
@@ -245,11 +246,11 @@ class BigtableReader(Reader):
         value = first_cell(await self._read_row(ALIAS_ROW, "reading the live alias"), META_FAMILY, ALIAS_COLUMN)
         return value.decode() if value is not None else None
 
-    async def get(self, version: str, key: bytes) -> bytes | None:
+    async def read_one(self, version: str, key: bytes) -> bytes | None:
         row = await self._read_row(version_prefix(version) + key, f"reading a key of {version}")
         return first_cell(row, DATA_FAMILY, VALUE_COLUMN)
 
-    async def get_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
+    async def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
         prefix = version_prefix(version)
@@ -260,6 +261,18 @@ class BigtableReader(Reader):
         except TableMissing:
             return [None] * len(keys)
         return _in_order(prefix, keys, rows)
+
+    async def records(self) -> dict[str, bytes]:
+        return await asyncio.to_thread(self._sync_records)
+
+    def _sync_records(self) -> dict[str, bytes]:
+        from precompute.adapters import open_backend
+
+        backend = open_backend(self.url)
+        try:
+            return backend.records()
+        finally:
+            backend.close()
 
     async def aclose(self) -> None:
         table, client = self._table, self._client

@@ -69,7 +69,7 @@ class DynamoDBBackend(Backend):
 
     # -- data ------------------------------------------------------------------------------------
 
-    def create_version(self, version: str) -> None:
+    def create_version(self, version: str, expected_rows: int | None = None) -> None:
         table = self.settings.version_table(version)
         self._tables.create(table, [(KEY_ATTR, "HASH", "B")], provisioned=self.settings.provisioned)
 

@@ -23,7 +23,7 @@ from precompute.store import Reader, StoreUnavailable, StoreURL
 
 class DynamoDBReader(Reader):
     # Ten 100-key BatchGetItem requests in flight at once.
-    max_read_batch = 1_000
+    max_read_batch = 1_000  # read_batch gathers 100-key BatchGetItem requests, all in flight together
 
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
@@ -43,7 +43,7 @@ class DynamoDBReader(Reader):
         item = answer.get("Item")
         return str(item["version"]["S"]) if item else None
 
-    async def get(self, version: str, key: bytes) -> bytes | None:
+    async def read_one(self, version: str, key: bytes) -> bytes | None:
         payload: dict[str, Any] = {
             "TableName": self.settings.version_table(version),
             "Key": {KEY_ATTR: {"B": _b64(key)}},
@@ -58,12 +58,19 @@ class DynamoDBReader(Reader):
         item = answer.get("Item")
         return base64.b64decode(item[VALUE_ATTR]["B"]) if item else None
 
-    async def get_many(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
-        # One gather over every 100-key request (the connection pool bounds how many run at once), so
-        # one slow request does not hold back the next thousand keys.
-        return await self.get_batch(version, keys)
+    async def records(self) -> dict[str, bytes]:
+        return await asyncio.to_thread(self._sync_records)
 
-    async def get_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
+    def _sync_records(self) -> dict[str, bytes]:
+        from precompute.adapters import open_backend
+
+        backend = open_backend(self.url)
+        try:
+            return backend.records()
+        finally:
+            backend.close()
+
+    async def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
         table = self.settings.version_table(version)
         unique = list(dict.fromkeys(keys))
         chunks = [unique[i : i + READ_REQUEST_KEYS] for i in range(0, len(unique), READ_REQUEST_KEYS)]

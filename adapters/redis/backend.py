@@ -57,7 +57,6 @@ from precompute.adapters.redis.layout import (
     SWAP_ALIAS,
     Layout,
     RedisOptions,
-    expected_rows,
     remember,
 )
 from precompute.adapters.redis.reader import RedisReader
@@ -97,12 +96,11 @@ class RedisBackend(Backend):
 
     # -- data ------------------------------------------------------------------------------------
 
-    def create_version(self, version: str) -> None:
+    def create_version(self, version: str, expected_rows: int | None = None) -> None:
         o = self.options
         key = o.layout_key(version)
         with translated(self.where):
-            record = _bytes(self._client.hget(o.records_key, version))
-            layout = Layout.new(o, version, expected_rows(record))
+            layout = Layout.new(o, version, expected_rows)
             # NX: a second create (a retried task) keeps the bucket count the data was written with.
             self._client.set(key, layout.to_bytes(), nx=True, exat=layout.expires_at)
         self._layouts.pop(version, None)

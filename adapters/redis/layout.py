@@ -179,18 +179,6 @@ class Layout:
         return cls(options.version_prefix(version), buckets, expires)
 
 
-def expected_rows(record: bytes | None) -> int | None:
-    """The row count a run announced in its version record (``meta.expected_rows``), if any."""
-    if not record:
-        return None
-    try:
-        meta = json.loads(record).get("meta") or {}
-        value = meta.get("expected_rows")
-    except (ValueError, AttributeError):
-        return None
-    return int(value) if isinstance(value, int | float) and value > 0 else None
-
-
 # -- Lua: each touches one key, so it runs unchanged on a Redis Cluster ---------------------------
 
 SWAP_ALIAS = """

@@ -9,6 +9,7 @@ connection (:mod:`adapters.redis.wire.connection`), a Redis Cluster over one per
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,7 +59,7 @@ class RedisReader(Reader):
         await self._layout(version)  # warm, so the first lookup on a new version is one round trip too
         return version
 
-    async def get(self, version: str, key: bytes) -> bytes | None:
+    async def read_one(self, version: str, key: bytes) -> bytes | None:
         layout = self._layouts.get(version) or await self._layout(version)
         if layout is None:
             return None
@@ -66,7 +67,7 @@ class RedisReader(Reader):
         value: bytes | None = await self._call(bucket, "HGET", bucket, key)
         return value
 
-    async def get_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
+    async def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
         layout = await self._layout(version)
         if layout is None or not keys:
             return [None] * len(keys)
@@ -81,6 +82,18 @@ class RedisReader(Reader):
             if isinstance(value, hiredis.ReplyError):
                 raise reply_error(self.where, value)
         return values
+
+    async def records(self) -> dict[str, bytes]:
+        return await asyncio.to_thread(self._sync_records)
+
+    def _sync_records(self) -> dict[str, bytes]:
+        from precompute.adapters import open_backend
+
+        backend = open_backend(self.url)
+        try:
+            return backend.records()
+        finally:
+            backend.close()
 
     async def aclose(self) -> None:
         if self._server is not None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from precompute.store import Backend, Item, Reader, StoreURL
+from precompute.store.codec import check_version
 
 
 @dataclass
@@ -28,6 +29,7 @@ _SPACES_MUTEX = threading.Lock()
 
 
 def _space(url: StoreURL) -> _Space:
+    url.typed_options(())  # it takes none: a misspelt one is an error, as on every backend
     name = (url.host or "") + url.path
     with _SPACES_MUTEX:
         return _SPACES.setdefault(name, _Space())
@@ -41,10 +43,12 @@ class MemoryBackend(Backend):
         self._s = _space(url)
 
     def create_version(self, version: str, expected_rows: int | None = None) -> None:
+        check_version(version)
         with self._s.mutex:
             self._s.data.setdefault(version, {})
 
     def write_batch(self, version: str, items: Sequence[Item]) -> None:
+        check_version(version)
         with self._s.mutex:
             self._s.data.setdefault(version, {}).update(items)
 
@@ -60,6 +64,7 @@ class MemoryBackend(Backend):
         return len(self._s.data.get(version, {}))
 
     def put_record(self, version: str, record: bytes) -> None:
+        check_version(version)
         with self._s.mutex:
             self._s.records[version] = record
 

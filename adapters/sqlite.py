@@ -7,55 +7,101 @@ the API read while a run writes; writes from several Ray tasks queue on SQLite's
 
 Reads are local and take microseconds, so the async reader answers inline on the event loop: a hop to a
 thread pool would cost more than the read.
+
+URL option: ``timeout`` (seconds a call waits for another connection's lock, default 120) after which the
+store counts as busy (``StoreUnavailable``). Every ``sqlite3`` error is translated in one place
+(:func:`_translate`); a folder that cannot be created is bad configuration (``StoreConfigError``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
-from precompute.store import Backend, Item, Reader, StoreError, StoreUnavailable, StoreURL
+from precompute.store import (
+    Backend,
+    Item,
+    Reader,
+    StoreConfigError,
+    StoreError,
+    StoreUnavailable,
+    StoreURL,
+)
+from precompute.store.codec import check_version
 
-_VERSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+T = TypeVar("T")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alias (name TEXT PRIMARY KEY, version TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (version TEXT PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
 """
+#: Seconds a call waits for another connection's write lock (``?timeout=``) before the store counts as busy.
+DEFAULT_TIMEOUT_S = 120.0
 
 
 def _path(url: StoreURL) -> Path:
     # sqlite:///rel.db -> "rel.db", sqlite:////abs.db -> "/abs.db" (the SQLAlchemy convention).
     raw = url.path[1:] if url.path.startswith("/") else url.path
     if url.host or not raw:
-        raise StoreError(f"{url}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        raise StoreConfigError(f"{url}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
     return Path(raw)
 
 
+def _timeout(url: StoreURL) -> float:
+    return url.typed_options(("timeout",)).number("timeout", DEFAULT_TIMEOUT_S, minimum=0.0)
+
+
 def _table(version: str) -> str:
-    if not _VERSION_ID.match(version):
-        raise StoreError(f"invalid version id {version!r}")
-    return f'"v_{version}"'
+    return f'"v_{check_version(version)}"'
 
 
-def _connect(path: Path, create: bool) -> sqlite3.Connection:
+def _missing_table(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
+
+
+def _translate(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    """The one place a ``sqlite3`` error becomes a store error: busy or locked, I/O and open failures are
+    ``StoreUnavailable`` (worth a retry later); a file that is not a database is ``StoreError``."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreUnavailable(f"SQLite store {path}: {doing} failed: {exc}")
+    return StoreError(f"SQLite store {path}: {doing} failed: {exc}")
+
+
+@contextlib.contextmanager
+def _translated(path: Path, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _translate(exc, path, doing) from exc
+
+
+def _connect(path: Path, create: bool, timeout: float) -> sqlite3.Connection:
     if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreConfigError(
+                f"cannot create the folder of SQLite store {path}: {exc.strerror or exc}. Fix: point [store] url "
+                "(or PRECOMPUTE_STORE) at a writable path, e.g. sqlite:///var/store.db"
+            ) from exc
     elif not path.exists():
         raise StoreUnavailable(f"no SQLite store at {path}: run `precompute run` first")
-    try:
-        conn = sqlite3.connect(path, timeout=120, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        if create:
-            conn.executescript(_SCHEMA)
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(f"cannot open SQLite store {path}: {exc}") from exc
+    with _translated(path, "opening"):
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                conn.executescript(_SCHEMA)
+        except sqlite3.Error:
+            conn.close()
+            raise
     return conn
 
 
@@ -68,94 +114,101 @@ class SQLiteBackend(Backend):
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
         self.path = _path(url)
-        self._conn = _connect(self.path, create=True)
+        self._conn = _connect(self.path, create=True, timeout=_timeout(url))
         # Bulk loads: keep the B-tree pages of the version being loaded in memory (+8% rows/s on a 2 M-row
         # load) and checkpoint the WAL every ~400 MB instead of every 4 MB (+14-28%, final checkpoint included).
         self._conn.execute("PRAGMA cache_size=-262144")
         self._conn.execute("PRAGMA wal_autocheckpoint=100000")
         self._mutex = threading.Lock()  # the lock-renewal thread shares this connection
 
-    def _tx(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
-        with self._mutex:
+    def _tx(self, sql: str, params: Sequence[object] = (), doing: str = "a query") -> list[tuple[object, ...]]:
+        with self._mutex, _translated(self.path, doing):
+            return self._conn.execute(sql, params).fetchall()
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], T], doing: str) -> T:
+        """``body`` in one write transaction: committed if it returns, rolled back if it raises."""
+        with self._mutex, _translated(self.path, doing):
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                return self._conn.execute(sql, params).fetchall()
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+                result = body(self._conn)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # the original error is the one worth reporting
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
 
     def create_version(self, version: str, expected_rows: int | None = None) -> None:
-        self._tx(f"CREATE TABLE IF NOT EXISTS {_table(version)} (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
+        table = _table(version)
+        self._tx(
+            f"CREATE TABLE IF NOT EXISTS {table} (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID", (), "create"
+        )
 
     def write_batch(self, version: str, items: Sequence[Item]) -> None:
         sql = f"INSERT OR REPLACE INTO {_table(version)} (k, v) VALUES (?, ?)"
-        with self._mutex:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self._conn.executemany(sql, items)
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"SQLite write to {self.path} failed: {exc}") from exc
+        self._transaction(lambda conn: conn.executemany(sql, items), f"writing {len(items)} rows")
 
     def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
-        return _read_many(self._conn, self._mutex, version, keys)
+        return _read_many(self._conn, self._mutex, self.path, version, keys)
 
     def drop_version(self, version: str) -> None:
-        self._tx(f"DROP TABLE IF EXISTS {_table(version)}")
+        self._tx(f"DROP TABLE IF EXISTS {_table(version)}", (), f"dropping version {version}")
 
     def count(self, version: str) -> int | None:
-        try:
-            rows = self._tx(f"SELECT count(*) FROM {_table(version)}")
-        except StoreUnavailable as exc:
-            if "no such table" in str(exc):
-                return 0
-            raise
+        table = _table(version)
+        with self._mutex:
+            try:
+                rows = self._conn.execute(f"SELECT count(*) FROM {table}").fetchall()
+            except sqlite3.Error as exc:
+                if _missing_table(exc):
+                    return 0
+                raise _translate(exc, self.path, "counting rows") from exc
         return int(str(rows[0][0]))
 
     def put_record(self, version: str, record: bytes) -> None:
-        self._tx("INSERT OR REPLACE INTO records (version, record) VALUES (?, ?)", (version, record))
+        check_version(version)
+        self._tx(
+            "INSERT OR REPLACE INTO records (version, record) VALUES (?, ?)", (version, record), "writing a record"
+        )
 
     def records(self) -> dict[str, bytes]:
-        return {str(v): bytes(r) for v, r in self._tx("SELECT version, record FROM records")}  # type: ignore[call-overload]
+        rows = self._tx("SELECT version, record FROM records", (), "reading records")
+        return {str(v): bytes(r) for v, r in rows}  # type: ignore[call-overload]
 
     def delete_record(self, version: str) -> None:
-        self._tx("DELETE FROM records WHERE version = ?", (version,))
+        self._tx("DELETE FROM records WHERE version = ?", (version,), "deleting a record")
 
     def get_alias(self) -> str | None:
-        rows = self._tx("SELECT version FROM alias WHERE name = 'live'")
+        rows = self._tx("SELECT version FROM alias WHERE name = 'live'", (), "reading the live alias")
         return str(rows[0][0]) if rows else None
 
     def swap_alias(self, expected: str | None, new: str) -> bool:
-        with self._mutex:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._conn.execute("SELECT version FROM alias WHERE name = 'live'").fetchone()
-                if (row[0] if row else None) != expected:
-                    return False
-                self._conn.execute("INSERT OR REPLACE INTO alias (name, version) VALUES ('live', ?)", (new,))
-                return True
-            finally:
-                self._conn.execute("COMMIT")
+        check_version(new)
+
+        def swap(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT version FROM alias WHERE name = 'live'").fetchone()
+            if (row[0] if row else None) != expected:
+                return False
+            conn.execute("INSERT OR REPLACE INTO alias (name, version) VALUES ('live', ?)", (new,))
+            return True
+
+        return self._transaction(swap, "publishing (alias compare-and-swap)")
 
     def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
-        now = time.time()
-        with self._mutex:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._conn.execute("SELECT owner, expires FROM locks WHERE name = 'run'").fetchone()
-                if row is not None and row[0] != owner and row[1] > now:
-                    return str(row[0])
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO locks (name, owner, expires) VALUES ('run', ?, ?)", (owner, now + ttl_s)
-                )
-                return None
-            finally:
-                self._conn.execute("COMMIT")
+        def acquire(conn: sqlite3.Connection) -> str | None:
+            now = time.time()
+            row = conn.execute("SELECT owner, expires FROM locks WHERE name = 'run'").fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return str(row[0])
+            conn.execute(
+                "INSERT OR REPLACE INTO locks (name, owner, expires) VALUES ('run', ?, ?)", (owner, now + ttl_s)
+            )
+            return None
+
+        return self._transaction(acquire, "taking the run lock")
 
     def release_lock(self, owner: str) -> None:
-        self._tx("DELETE FROM locks WHERE name = 'run' AND owner = ?", (owner,))
+        self._tx("DELETE FROM locks WHERE name = 'run' AND owner = ?", (owner,), "releasing the run lock")
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # a busy reader only postpones it
@@ -164,7 +217,7 @@ class SQLiteBackend(Backend):
 
 
 def _read_many(
-    conn: sqlite3.Connection, mutex: threading.Lock, version: str, keys: Sequence[bytes]
+    conn: sqlite3.Connection, mutex: threading.Lock, path: Path, version: str, keys: Sequence[bytes]
 ) -> list[bytes | None]:
     table = _table(version)
     unique = list(dict.fromkeys(keys))
@@ -172,10 +225,10 @@ def _read_many(
     with mutex:
         try:
             found = dict(conn.execute(f"SELECT k, v FROM {table} WHERE k IN ({marks})", unique).fetchall())
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
+        except sqlite3.Error as exc:
+            if _missing_table(exc):
                 return [None] * len(keys)
-            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+            raise _translate(exc, path, f"reading {len(keys)} keys") from exc
     return [found.get(k) for k in keys]
 
 
@@ -185,40 +238,38 @@ class SQLiteReader(Reader):
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
         self.path = _path(url)
+        self.timeout = _timeout(url)
         self._conn: sqlite3.Connection | None = None
         self._mutex = threading.Lock()
 
     def _connection(self) -> sqlite3.Connection:
         # Opened lazily so an API started before the first run becomes ready once the file exists.
         if self._conn is None:
-            self._conn = _connect(self.path, create=False)
+            self._conn = _connect(self.path, create=False, timeout=self.timeout)
         return self._conn
 
     async def get_alias(self) -> str | None:
-        try:
+        with _translated(self.path, "reading the live alias"):
             row = self._connection().execute("SELECT version FROM alias WHERE name = 'live'").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
         return str(row[0]) if row else None
 
     async def records(self) -> dict[str, bytes]:
-        try:
+        with _translated(self.path, "reading records"):
             rows = self._connection().execute("SELECT version, record FROM records").fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
         return {str(v): bytes(r) for v, r in rows}
 
     async def read_one(self, version: str, key: bytes) -> bytes | None:
+        sql = f"SELECT v FROM {_table(version)} WHERE k = ?"
         try:
-            row = self._connection().execute(f"SELECT v FROM {_table(version)} WHERE k = ?", (key,)).fetchone()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
+            row = self._connection().execute(sql, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            if _missing_table(exc):
                 return None
-            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+            raise _translate(exc, self.path, "reading a key") from exc
         return bytes(row[0]) if row else None
 
     async def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
-        return _read_many(self._connection(), self._mutex, version, keys)
+        return _read_many(self._connection(), self._mutex, self.path, version, keys)
 
     async def aclose(self) -> None:
         if self._conn is not None:

@@ -26,9 +26,14 @@ for _name, _value in (
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = [name for module in SERVER_MODULES for name in sys.modules[module].STORE_FIXTURES]
-    for fixture, wanted in (("store_url", names), ("shared_store_url", [n for n in names if n != "memory_store_url"])):
+    down = [name for module in SERVER_MODULES for name in getattr(sys.modules[module], "DOWN_FIXTURES", [])]
+    for fixture, wanted, suffix in (
+        ("store_url", names, "_store_url"),
+        ("shared_store_url", [n for n in names if n != "memory_store_url"], "_store_url"),
+        ("down_url", down, "_down_url"),
+    ):
         if fixture in metafunc.fixturenames:
-            ids = [n.removesuffix("_store_url") for n in wanted]
+            ids = [n.removesuffix(suffix) for n in wanted]
             metafunc.parametrize(fixture, wanted, indirect=True, ids=ids)
 
 
@@ -42,6 +47,13 @@ def store_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def shared_store_url(request: pytest.FixtureRequest) -> str:
     """Like ``store_url``, for every backend that other processes (Ray workers) can write to."""
+    url: str = request.getfixturevalue(request.param)
+    return url
+
+
+@pytest.fixture
+def down_url(request: pytest.FixtureRequest) -> str:
+    """A store on every backend in turn whose server cannot answer (down, or locked), with short timeouts."""
     url: str = request.getfixturevalue(request.param)
     return url
 

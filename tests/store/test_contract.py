@@ -6,13 +6,25 @@ Each backend adds a fixture in tests/servers/; nothing here knows which backend 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from precompute.adapters import open_backend, open_reader
-from precompute.store import Backend, ItemTooLarge, LockHeld, RunLock, State, VersionError, Versions
+from precompute.store import (
+    Backend,
+    ItemTooLarge,
+    LockHeld,
+    Reader,
+    RunLock,
+    State,
+    StoreConfigError,
+    StoreUnavailable,
+    VersionError,
+    Versions,
+)
 from precompute.store.codec import encode_key, encode_value
 
 
@@ -231,3 +243,95 @@ def test_reader_sees_what_the_backend_wrote(store_url: str, backend: Backend) ->
             await reader.aclose()
 
     asyncio.run(scenario())
+
+
+def _race(backends: list[Backend], expected: str | None, round_: int) -> list[str]:
+    """Every backend tries ``swap_alias(expected, ...)`` at the same moment; returns the winners."""
+    start = threading.Barrier(len(backends))
+    wins: list[str] = []
+
+    def publish(b: Backend, new: str) -> None:
+        start.wait()
+        if b.swap_alias(expected, new):
+            wins.append(new)
+
+    threads = [threading.Thread(target=publish, args=(b, f"w{i}-r{round_}")) for i, b in enumerate(backends)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return wins
+
+
+def test_concurrent_compare_and_swap_has_exactly_one_winner(store_url: str) -> None:
+    # Eight publishers, each with its own connection, race from the same expected value, twice.
+    backends = [open_backend(store_url) for _ in range(8)]
+    try:
+        expected: str | None = None
+        for round_ in range(2):
+            wins = _race(backends, expected, round_)
+            assert len(wins) == 1, wins
+            assert backends[0].get_alias() == wins[0]
+            expected = wins[0]
+    finally:
+        for b in backends:
+            b.close()
+
+
+@pytest.mark.parametrize(
+    "bad", ["../etc", "v 1", "a" * 65, "", "v1;DROP", "v.1"], ids=["path", "space", "long", "empty", "sql", "dot"]
+)
+def test_one_version_id_rule_on_every_backend(backend: Backend, bad: str) -> None:
+    with pytest.raises(VersionError, match="invalid version id"):
+        backend.create_version(bad)
+    with pytest.raises(VersionError, match="invalid version id"):
+        backend.write(bad, items(1))
+
+
+def test_an_unknown_url_option_is_bad_configuration(store_url: str) -> None:
+    url = store_url + ("&" if "?" in store_url else "?") + "bogus_option=1"
+    with pytest.raises(StoreConfigError, match="unknown option 'bogus_option'"):
+        open_backend(url).get_alias()
+    with pytest.raises(StoreConfigError, match="unknown option 'bogus_option'"):
+        asyncio.run(open_reader(url).get_alias())
+
+
+def _unavailable(call: Callable[[], object]) -> None:
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        call()
+    assert time.monotonic() - started < 10, "a store that cannot answer must fail fast, not hang"
+
+
+def test_a_store_that_cannot_answer_raises_store_unavailable(down_url: str) -> None:
+    """Every backend turns its own "down / locked / timed out" into StoreUnavailable, on both sides."""
+    try:
+        backend = open_backend(down_url)
+    except StoreUnavailable:
+        backend = None  # refusing to open is also a clean answer
+    if backend is not None:
+        _unavailable(backend.get_alias)
+        _unavailable(backend.records)
+        _unavailable(lambda: backend.write("v1", items(3)))
+        _unavailable(lambda: backend.swap_alias(None, "v1"))
+        _unavailable(lambda: backend.acquire_lock("me", 10))
+        backend.close()
+
+    async def reads(reader: Reader) -> None:
+        for call in (
+            reader.get_alias,
+            reader.records,
+            lambda: reader.get("v1", b"k"),
+            lambda: reader.get_many("v1", [b"k", b"j"]),
+        ):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await call()
+            assert time.monotonic() - started < 10
+        await reader.aclose()
+
+    try:
+        reader = open_reader(down_url)
+    except StoreUnavailable:
+        return
+    asyncio.run(reads(reader))

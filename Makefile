@@ -8,7 +8,7 @@ EXTRAS ?= cpu,redis,bigtable,dynamodb,dev
 
 $(BIN)/precompute: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip "setuptools>=77"
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	@touch $@
 

@@ -5,7 +5,7 @@ runs (at start-up, on the model thread, followed by warm-up calls so that the fi
 for graph initialisation: ~0.4 ms per call afterwards for the babyweight model, flat up to ~1,000 rows).
 
 An online answer is encoded by :func:`precompute.values.encode_values`, the encoder the batch job uses,
-from features converted to the model's dtypes exactly as :func:`precompute.scoring.grid_inputs` converts
+from features converted to the model's dtypes exactly as :func:`precompute.model.grid_inputs` converts
 the grid: an online answer for a grid key is byte-for-byte the value the batch job would have stored.
 
 ``model_version`` of an online answer: the live version's id when the loaded model's fingerprint equals
@@ -25,8 +25,7 @@ import pyarrow as pa
 
 from precompute.api.writeback import WriteBack
 from precompute.config import Config
-from precompute.model import Array, Model, ModelError, fingerprint
-from precompute.scoring import grid_inputs
+from precompute.model import Array, Model, ModelError, fingerprint, grid_inputs
 from precompute.space import Categorical, Decoded, GridSpace, Range
 from precompute.store import Backend, StoreError, Versions
 from precompute.store.codec import encode_value

@@ -76,8 +76,7 @@ def raw_scoring(rows: int) -> float:
     import numpy as np
 
     from precompute.config import load_config
-    from precompute.model import Model
-    from precompute.scoring import grid_inputs
+    from precompute.model import Model, grid_inputs
     from precompute.space import GridSpace
 
     config = load_config(EXAMPLE, env={})

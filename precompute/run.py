@@ -32,9 +32,9 @@ import pyarrow as pa
 
 from precompute.adapters import backend_class, open_backend
 from precompute.config import Config, ConfigError
-from precompute.model import Model, ModelError, fingerprint
+from precompute.model import Model, ModelError, fingerprint, grid_inputs
 from precompute.plan import ActorPlan, plan_actors
-from precompute.scoring import GridScorer, TableScorer, grid_inputs, grid_keys, table_columns
+from precompute.scoring import GridScorer, TableScorer, grid_keys, table_columns
 from precompute.sink import StoreDatasink
 from precompute.space import GridSpace, TableSpace
 from precompute.store import Backend, RunLock, State, StoreError, VersionRecord, Versions

@@ -12,37 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from precompute.model import Array, Model, ModelError, Signature
-from precompute.space import Categorical, GridSpace, TableSpace
+from precompute.model import Array, Model, ModelError, Signature, grid_inputs
+from precompute.space import GridSpace, TableSpace
 from precompute.values import encode_values
-
-
-def grid_inputs(space: GridSpace, signature: Signature) -> dict[str, Array]:
-    """Each grid dimension's values in the dtype the model takes; raises ModelError on a mismatch."""
-    features = set(space.feature_names)
-    inputs = set(signature.inputs)
-    if features != inputs:
-        missing = sorted(inputs - features)
-        extra = sorted(features - inputs)
-        raise ModelError(
-            f"the grid does not match the model's inputs {sorted(inputs)}: "
-            + (f"no [[space.feature]] for {missing}" if missing else "")
-            + ("; " if missing and extra else "")
-            + (f"the model takes no input named {extra}" if extra else "")
-        )
-    arrays: dict[str, Array] = {}
-    for dim in space.dimensions:
-        dtype = signature.inputs[dim.name]
-        if dtype == "string":
-            arrays[dim.name] = np.array([label.encode() for label in dim.labels()], dtype=object)
-        elif isinstance(dim, Categorical):
-            try:
-                arrays[dim.name] = np.array([float(v) for v in dim.values]).astype(dtype)
-            except ValueError:
-                raise ModelError(f"feature {dim.name}: the model takes {dtype} but the values are text") from None
-        else:
-            arrays[dim.name] = dim.values_array().astype(dtype)
-    return arrays
 
 
 def grid_keys(space: GridSpace, indices: dict[str, Array]) -> pa.Array:

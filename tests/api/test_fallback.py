@@ -20,8 +20,8 @@ from starlette.testclient import TestClient
 from precompute.adapters import open_backend, open_reader
 from precompute.api import create_app
 from precompute.config import ConfigError, load_config
-from precompute.model import fingerprint
-from precompute.scoring import GridScorer, grid_inputs
+from precompute.model import fingerprint, grid_inputs
+from precompute.scoring import GridScorer
 from precompute.space import GridSpace, TableSpace
 from precompute.store.codec import encode_key
 from tests.api.conftest import NAP, FailingReader, expected_weight, memory_config, publish, running, wait_for

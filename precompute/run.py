@@ -197,7 +197,7 @@ def _score_verify_publish(
         _verify(config, model, backend, record.version, written, expected)
     with stages.stage("publish", f"publishing {record.version}"):
         if lock.lost:
-            raise StoreError("the run lock was lost (the store was unreachable too long); not publishing")
+            raise StoreError(f"the run lock was lost ({lock.why_lost}); not publishing")
         versions.mark_ready(record, written)
         previous = versions.publish(record)
     with stages.stage("gc", f"keeping {config.store.keep_versions} published version(s)"):

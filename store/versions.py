@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -29,6 +30,8 @@ from typing import Any
 from precompute.store.backend import Backend
 from precompute.store.codec import KEY_FORMAT, VALUE_FORMAT, check_version
 from precompute.store.errors import LockHeld, StoreError, VersionError
+
+log = logging.getLogger("precompute")
 
 
 class State(StrEnum):
@@ -179,13 +182,17 @@ class Versions:
                 raise VersionError(f"version {to} is {target.state} and cannot be served")
             if target.version == current:
                 raise VersionError(f"version {to} is already live")
-        if current in records:
-            records[current].state = State.ROLLED_BACK
-            self.backend.put_record(current, records[current].to_bytes())
+        # Going back marks the version left as rolled back (never re-promoted by itself); rolling forward
+        # to a newer version, e.g. after a rollback, leaves the older one as it was.
+        leaving = records.get(current)
+        backwards = leaving is not None and leaving.created_at > target.created_at
+        if leaving is not None and backwards:
+            leaving.state = State.ROLLED_BACK
+            self.backend.put_record(current, leaving.to_bytes())
         if not self.backend.swap_alias(current, target.version):
-            if current in records:
-                records[current].state = State.READY
-                self.backend.put_record(current, records[current].to_bytes())
+            if leaving is not None and backwards:
+                leaving.state = State.READY
+                self.backend.put_record(current, leaving.to_bytes())
             raise VersionError("the live alias moved during rollback; nothing was changed")
         if target.state is State.ROLLED_BACK:  # an explicit re-promotion
             target.state = State.READY
@@ -199,10 +206,11 @@ class Versions:
         self.backend.delete_record(version)
 
     def gc(self, keep: int) -> list[str]:
-        """Drop versions beyond the ``keep`` newest published ones (the live one always stays).
+        """Drop versions beyond the ``keep`` newest ever published (the live one always stays).
 
-        Failed and unfinished ('writing') versions are always dropped: call this only while holding the
-        run lock, so no run is writing one right now.
+        Like backup versions: a version that was published and later rolled back still counts and stays
+        (``rollback --to`` can name it) until newer ones age it out. Failed and unfinished ('writing')
+        versions are always dropped: call this only while holding the run lock, so no run is writing one.
         """
         if keep < 1:
             raise VersionError("gc keeps at least 1 version (the live one)")
@@ -212,7 +220,8 @@ class Versions:
         for record in sorted(self.records(), key=lambda r: r.created_at, reverse=True):
             if record.version == live:
                 continue
-            if record.state is State.READY and record.published_at is not None and kept < keep:
+            servable = record.state in (State.READY, State.ROLLED_BACK)
+            if servable and record.published_at is not None and kept < keep:
                 kept += 1
                 continue
             self.drop(record.version)
@@ -233,6 +242,7 @@ class RunLock:
         self.ttl_s = ttl_s
         self.owner = owner or lock_owner()
         self.lost = False
+        self.why_lost = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -247,14 +257,27 @@ class RunLock:
         self._thread.start()
 
     def _renew(self) -> None:
+        renewed = time.monotonic()
         while not self._stop.wait(self.ttl_s / 3):
             try:
                 holder = self.backend.acquire_lock(self.owner, self.ttl_s)
-            except StoreError:
-                continue  # the store blipped; try again before the lease runs out
-            if holder is not None:
-                self.lost = True
+            except StoreError as exc:
+                if time.monotonic() - renewed < self.ttl_s * 2 / 3:
+                    continue  # the store blipped; try again before the lease runs out
+                self._lose(f"the store did not answer for {self.ttl_s * 2 / 3:.0f} s ({exc})")
                 return
+            except Exception as exc:  # never die silently: a run without a renewed lease must not publish
+                self._lose(f"renewing it failed: {type(exc).__name__}: {exc}")
+                return
+            if holder is not None:
+                self._lose(f"{holder} took it over")
+                return
+            renewed = time.monotonic()
+
+    def _lose(self, why: str) -> None:
+        self.lost = True
+        self.why_lost = why
+        log.error("the run lock on %s was lost: %s; the run will not publish", self.backend.url, why)
 
     def release(self) -> None:
         self._stop.set()

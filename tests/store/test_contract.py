@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 
@@ -335,3 +336,46 @@ def test_a_store_that_cannot_answer_raises_store_unavailable(down_url: str) -> N
     except StoreUnavailable:
         return
     asyncio.run(reads(reader))
+
+
+def test_gc_keeps_rolled_back_versions_that_were_published_until_they_age_out(backend: Backend) -> None:
+    versions = Versions(backend)
+    v1 = published(versions, items(2))
+    v2 = published(versions, items(2))
+    assert versions.rollback() == (v2, v1)
+    assert versions.rollback(to=v2) == (v1, v2)  # rolling forward again
+    assert versions.get(v1).state is State.READY  # rolling forward is not rolling back
+    assert versions.gc(keep=3) == []
+    assert versions.rollback() == (v2, v1)  # still there to go back to
+    assert versions.get(v2).state is State.ROLLED_BACK
+    v3 = published(versions, items(2))  # a run publishes; its gc keeps the rolled-back v2 too
+    assert versions.gc(keep=3) == []
+    assert versions.rollback(to=v2) == (v3, v2)
+    v4 = published(versions, items(2))
+    assert backend.get_alias() == v4
+    assert versions.gc(keep=3) == [v1]  # v4 live, v3 rolled back, v2: the three newest ever published
+
+
+def test_a_lock_whose_renewal_breaks_is_lost_and_says_why(backend: Backend) -> None:
+    class Breaking:
+        """The backend, except that renewing the lock raises an error no store would (a bug)."""
+
+        url = backend.url
+        calls = 0
+
+        def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
+            self.calls += 1
+            if self.calls > 1:
+                raise RuntimeError("a bug in the renewal")
+            return backend.acquire_lock(owner, ttl_s)
+
+        def release_lock(self, owner: str) -> None:
+            backend.release_lock(owner)
+
+    lock = RunLock(cast(Backend, Breaking()), ttl_s=0.3)
+    with lock:
+        deadline = time.monotonic() + 5
+        while not lock.lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert lock.lost
+    assert "RuntimeError: a bug in the renewal" in lock.why_lost

@@ -28,6 +28,7 @@ from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 
+from precompute.cluster import ClusterUnavailable
 from precompute.config import Config, ConfigError, load_config
 from precompute.model import ModelError
 from precompute.space import GridSpace, SpaceError
@@ -74,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(Exit.MODEL, f"model error: {exc}")
     except LockHeld as exc:
         return _fail(Exit.LOCKED, f"refused: {exc}")
+    except ClusterUnavailable as exc:
+        return _fail(Exit.STORE, f"Ray cluster unavailable: {exc}")
     except VersionError as exc:
         return _fail(Exit.CONFIG, str(exc))
     except StoreError as exc:
@@ -105,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--config", "-c", required=True, type=Path, help="the TOML configuration file")
         p.add_argument("--quiet", "-q", action="store_true", help="print warnings and errors only")
+        p.add_argument("--verbose", "-v", action="store_true", help="also print Ray's and TensorFlow's own logs")
         p.set_defaults(handler=handler)
         return p
 
@@ -127,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, config: Config) -> int:
     from precompute.run import run
 
-    summary = run(config)
+    summary = run(config, verbose=args.verbose)
     print(summary.render())
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")

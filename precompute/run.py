@@ -2,7 +2,9 @@
 
 Stages, each timed in the run summary::
 
-    check    model and space checked on the driver (before Ray starts); golden rows scored
+    check    store URL and options, model and space checked on the driver; every category and range end
+             scored once (a value the model rejects fails here, before anything is created)
+    ray      a local Ray started, or the cluster joined (bounded in time); actors planned against its resources
     lock     the store's run lock taken; versions left by dead runs cleaned up
     score    Ray Data: grid ids (or table rows) -> actor pool (model loaded once per actor) -> Datasink
     verify   rows written == space size, store count where cheap, golden rows read back and compared
@@ -20,8 +22,6 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from precompute import cluster
 from precompute.adapters import backend_class, open_backend
 from precompute.config import Config, ConfigError
 from precompute.model import Model, ModelError, fingerprint, grid_inputs
 from precompute.plan import ActorPlan, plan_actors
 from precompute.scoring import GridScorer, TableScorer, grid_keys, table_columns
 from precompute.sink import StoreDatasink
-from precompute.space import GridSpace, TableSpace
+from precompute.space import Categorical, GridSpace, TableSpace
 from precompute.store import Backend, RunLock, State, StoreError, VersionRecord, Versions
 from precompute.values import NonFiniteOutput, encode_values
 
@@ -51,6 +52,7 @@ FORWARDED_ENV = (
     "AWS_ENDPOINT_URL_DYNAMODB",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
+    "TF_CPP_MIN_LOG_LEVEL",
 )
 
 
@@ -101,71 +103,97 @@ class _Stages:
         log.info("[%s] %s", name, message)
         start = time.perf_counter()
         yield
-        self.seconds[name] = round(time.perf_counter() - start, 3)
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
     def total(self) -> dict[str, float]:
         return {**self.seconds, "total": round(time.perf_counter() - self.started, 3)}
 
 
-def run(config: Config) -> RunSummary:
-    """Run the whole job. Raises ConfigError, ModelError, LockHeld, StoreError or VerificationFailed."""
+def run(config: Config, verbose: bool = False) -> RunSummary:
+    """Run the whole job. Raises ConfigError, ModelError, ClusterUnavailable, LockHeld, StoreError or
+    VerificationFailed; every check that can fail without touching the store runs before the lock."""
     stages = _Stages()
-    url = config.store_url
-    with stages.stage("check", f"checking model {config.model.path} and the request space"):
-        cls = backend_class(url)
-        if not cls.shared_across_processes:
-            raise ConfigError(
-                f"[store] url: {url.scheme}:// lives inside one process and Ray workers cannot write to it. "
-                "Fix: use sqlite:///path.db (or a server backend)"
-            )
-        if cls.local_only and config.run.ray_address:
-            raise ConfigError(
-                f"[store] url: {url.scheme}:// is a file on this machine, so a Ray cluster's workers cannot write "
-                "to it. Fix: use redis://, bigtable:// or dynamodb://, or leave ray_address unset"
-            )
-        model_id = fingerprint(config.model.path)
-        model = Model(config.model.path, config.model.signature, config.model.outputs)
-        if isinstance(config.space, GridSpace):
-            grid_inputs(config.space, model.signature)
-        else:
-            table_columns(config.space, model.signature)
-
-    backend = open_backend(url)
-    versions = Versions(backend)
+    with stages.stage("check", f"checking the store URL {config.store_url}"):
+        backend = _open_store(config)
     try:
-        with RunLock(backend, ttl_s=config.store.lock_ttl_seconds) as lock:
-            with stages.stage("lock", f"run lock taken on {url}"):
-                stale = [r.version for r in versions.records() if r.state in (State.WRITING, State.FAILED)]
-                for version in stale:
-                    versions.drop(version)
-                if stale:
-                    log.info("[lock] removed %d unfinished version(s) left by earlier runs: %s", len(stale), stale)
-            meta: dict[str, object] = {
-                "model": model_id,
-                "model_path": str(config.model.path),
-                "config": str(config.source),
-            }
-            # The announced size lets a backend size its layout (Redis buckets); a table's size is not counted yet.
-            expected = config.space.size if isinstance(config.space, GridSpace) else None
-            record = versions.begin(meta, expected_rows=expected)
-            log.info("[begin] writing new version %s", record.version)
-            try:
-                summary = _score_verify_publish(config, model, backend, versions, record, lock, stages)
-            except BaseException as exc:
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                try:
-                    versions.abort(record, reason)
-                    log.error("run failed; version %s was dropped, the live version is unchanged", record.version)
-                except StoreError as cleanup:
-                    log.error(
-                        "run failed and version %s could not be dropped now (%s): `precompute gc` removes it",
-                        record.version,
-                        cleanup,
-                    )
-                raise
+        with stages.stage("check", f"checking model {config.model.path} against the request space"):
+            model_id = fingerprint(config.model.path)
+            model = Model(config.model.path, config.model.signature, config.model.outputs)
+            if isinstance(config.space, GridSpace):
+                grid_inputs(config.space, model.signature)
+                _probe(config.space, model)
+            else:
+                table_columns(config.space, model.signature)
+        with stages.stage("ray", _ray_message(config)):
+            ray_started, plan = _ray_and_plan(config, verbose)
+        try:
+            return _locked_run(config, model, model_id, backend, plan, stages)
+        finally:
+            if ray_started:
+                import ray
+
+                ray.shutdown()
     finally:
         backend.close()
-    return summary
+
+
+def _open_store(config: Config) -> Backend:
+    """The backend, its URL and options checked (scheme, options, whether Ray workers can reach it)."""
+    url = config.store_url
+    cls = backend_class(url)
+    if not cls.shared_across_processes:
+        raise ConfigError(
+            f"[store] url: {url.scheme}:// lives inside one process and Ray workers cannot write to it. "
+            "Fix: use sqlite:///path.db (or a server backend)"
+        )
+    if cls.local_only and config.run.ray_address:
+        raise ConfigError(
+            f"[store] url: {url.scheme}:// is a file on this machine, so a Ray cluster's workers cannot write "
+            "to it. Fix: use redis://, bigtable:// or dynamodb://, or leave ray_address unset"
+        )
+    return open_backend(url)
+
+
+def _locked_run(
+    config: Config, model: Model, model_id: str, backend: Backend, plan: ActorPlan, stages: _Stages
+) -> RunSummary:
+    url = config.store_url
+    versions = Versions(backend)
+    with RunLock(backend, ttl_s=config.store.lock_ttl_seconds) as lock:
+        with stages.stage("lock", f"run lock taken on {url}"):
+            stale = [r.version for r in versions.records() if r.state in (State.WRITING, State.FAILED)]
+            for version in stale:
+                versions.drop(version)
+            if stale:
+                log.info("[lock] removed %d unfinished version(s) left by earlier runs: %s", len(stale), stale)
+        meta: dict[str, object] = {
+            "model": model_id,
+            "model_path": str(config.model.path),
+            "config": str(config.source),
+        }
+        # The announced size lets a backend size its layout (Redis buckets); a table's size is not counted yet.
+        expected = config.space.size if isinstance(config.space, GridSpace) else None
+        record = versions.begin(meta, expected_rows=expected)
+        log.info("[begin] writing new version %s", record.version)
+        try:
+            return _score_verify_publish(config, model, backend, versions, record, lock, plan, stages)
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            try:
+                versions.abort(record, reason)
+                log.error(
+                    "run failed; the rows of version %s were dropped (its record stays, marked failed, until the "
+                    "next run or `precompute gc`); the live version is unchanged",
+                    record.version,
+                )
+            except StoreError as cleanup:
+                log.error(
+                    "run failed and version %s could not be dropped now (%s): the next run or `precompute gc` "
+                    "removes it; the live version is unchanged",
+                    record.version,
+                    cleanup,
+                )
+            raise
 
 
 def _score_verify_publish(
@@ -175,24 +203,17 @@ def _score_verify_publish(
     versions: Versions,
     record: VersionRecord,
     lock: RunLock,
+    plan: ActorPlan,
     stages: _Stages,
 ) -> RunSummary:
-    with stages.stage("score", "starting Ray"):
-        ray_started, plan = _ray_and_plan(config)
+    with stages.stage("score", f"scoring {_space_size(config)} into {record.version}: {plan.describe()}"):
+        sink = StoreDatasink(config.store.url, record.version)
         try:
-            log.info("[score] %s", plan.describe())
-            sink = StoreDatasink(config.store.url, record.version)
-            try:
-                _pipeline(config, plan).write_datasink(sink, **_write_args(plan, backend))
-            except Exception as exc:
-                raise _cause(exc) from exc
-            written = sink.rows_written
-            expected = _expected_rows(config)
-        finally:
-            if ray_started:
-                import ray
-
-                ray.shutdown()
+            _pipeline(config, plan).write_datasink(sink, **_write_args(plan, backend))
+        except Exception as exc:
+            raise _cause(exc) from exc
+        written = sink.rows_written
+        expected = _expected_rows(config)
     with stages.stage("verify", f"checking {written:,} written rows"):
         _verify(config, model, backend, record.version, written, expected)
     with stages.stage("publish", f"publishing {record.version}"):
@@ -217,6 +238,50 @@ def _score_verify_publish(
     return summary
 
 
+def _space_size(config: Config) -> str:
+    space = config.space
+    return f"{space.size:,} grid keys" if isinstance(space, GridSpace) else f"the table {list(space.paths)}"
+
+
+def _ray_message(config: Config) -> str:
+    address = config.run.ray_address
+    return f"joining the Ray cluster at {address}" if address else "starting a local Ray instance"
+
+
+def _probe(space: GridSpace, model: Model) -> None:
+    """Score every category and both ends of every range before anything is created: a value the model
+    rejects (a category outside its vocabulary) fails here in seconds, naming the feature and the value."""
+    first = {dim.name: 0 for dim in space.dimensions}
+    rows: list[tuple[str, int]] = []
+    for dim in space.dimensions:
+        edges = range(dim.size) if isinstance(dim, Categorical) else sorted({0, dim.size - 1})
+        rows += [(dim.name, i) for i in edges]
+    inputs = grid_inputs(space, model.signature)
+
+    def score(picked: list[tuple[str, int]]) -> None:
+        indices = {name: np.array([i if n == name else first[name] for n, i in picked]) for name in first}
+        model.predict({name: values[indices[name]] for name, values in inputs.items()})
+
+    try:
+        score(rows)
+        return
+    except ModelError:
+        raise
+    except Exception:  # TensorFlow's own error for a bad input: find which value it was, row by row
+        pass
+    for name, index in rows:
+        try:
+            score([(name, index)])
+        except Exception as exc:
+            label = space.by_name[name].labels()[index]
+            detail = _model_reason(exc)
+            raise ModelError(
+                f"[[space.feature]] {name}: the model rejects the value {label!r} ({detail}). Fix: remove it from "
+                "the feature's values, or retrain the model with it"
+            ) from None
+    raise ModelError("the model fails on the probe rows together but on none alone; check its inputs")
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The error a user can act on, out of the layers Ray wraps around an exception raised in a task."""
     seen: BaseException | None = exc
@@ -233,23 +298,24 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _ray_and_plan(config: Config) -> tuple[bool, ActorPlan]:
+def _model_reason(exc: BaseException) -> str:
+    """The one line of a TensorFlow error that says what was wrong (not its graph and stack noise)."""
+    text = str(getattr(exc, "message", None) or exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("assertion failed:"):
+            return line.removeprefix("assertion failed:").strip(" []").replace('\\"', '"')[:300]
+    useful = [ln for ln in lines if not ln.startswith(("[[", "Detected at", "<stack", "Graph execution error"))]
+    return (useful[-1] if useful else type(exc).__name__)[:300]
+
+
+def _ray_and_plan(config: Config, verbose: bool) -> tuple[bool, ActorPlan]:
     import ray
 
     started = False
     if not ray.is_initialized():
-        ours = signal.getsignal(signal.SIGTERM)
-        ray.init(
-            address=config.run.ray_address,
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=True,
-        )
+        cluster.init(config.run.ray_address, verbose)
         started = True
-        # ray.init installs a SIGTERM handler that exits at once; put the caller's back, so that a
-        # terminated run still drops its partial version and exits 143.
-        if ours is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, ours)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = True  # bars on a terminal; periodic progress lines under cron
     context.raise_original_map_exception = True  # our own errors, not a generic UserCodeException

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "precompute"
 
 CORE = {"config", "keys", "space", "model", "values"}  # shared by the batch side and the API
-BATCH = {"run", "scoring", "sink", "plan"}
+BATCH = {"run", "scoring", "sink", "plan", "cluster"}
 # What each layer may import from the project, by first name under precompute.
 ALLOWED: dict[str, set[str]] = {
     "store": {"store"},

@@ -234,7 +234,7 @@ def read_document(raw: dict[str, Any]) -> ConfigFile:
     try:
         return ConfigFile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(*explain(exc, raw)) from None
+        raise ConfigError(*(explain(exc, raw) or [str(exc)])) from None
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:

@@ -169,7 +169,8 @@ class GridSpaceSection(_Section):
         try:
             template = self.template()
         except ValueError as exc:
-            raise Problems(("key", str(exc))) from None
+            joined = ":".join("{" + name + "}" for name in names)
+            raise Problems(("key", f'{exc}. Fix: e.g. `key = "{joined}"`')) from None
         if sorted(template.fields) != sorted(names):
             raise Problems(
                 (

@@ -1,4 +1,4 @@
-"""The ``precompute`` command line: run | serve | versions | rollback | gc | get.
+"""The ``precompute`` command line: run | serve | versions | rollback | gc | get | schema.
 
 Exit codes, for schedulers (cron, Airflow, Kubernetes CronJobs):
 
@@ -31,6 +31,7 @@ from types import FrameType
 from precompute.cluster import ClusterUnavailable
 from precompute.config import Config, ConfigError, load_config
 from precompute.model import ModelError
+from precompute.settings import document_schema
 from precompute.space import GridSpace, SpaceError
 from precompute.store import LockHeld, RunLock, StoreConfigError, StoreError, VersionError, Versions
 
@@ -61,6 +62,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "schema":  # describes the file, so it needs none
+        return _schema()
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)
     handler: Callable[[argparse.Namespace, Config], int] = args.handler
@@ -102,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="precompute", description="Precompute a model's predictions over a request space and serve them."
     )
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     def command(name: str, handler: Callable[[argparse.Namespace, Config], int], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -125,7 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, help="published versions to keep, the live one included (default: [store])")
     p = command("get", _get, "look one key up in the live version")
     p.add_argument("key", help="a key, e.g. True:25:Single(1):39")
+    about = "print the JSON Schema of the configuration file, for editors (no --config needed)"
+    sub.add_parser("schema", help=about, description=about)
     return parser
+
+
+def _schema() -> int:
+    print(json.dumps(document_schema(), indent=2))
+    return Exit.OK
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:

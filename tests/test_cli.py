@@ -132,3 +132,13 @@ def test_bad_model_is_exit_3_and_unknown_store_exit_2(tmp_path: Path) -> None:
     result = cli("versions", "--config", str(config), store="cassandra://x")
     assert result.returncode == 2
     assert "known schemes: memory://, sqlite://" in result.stderr
+
+
+def test_schema_needs_no_config_and_prints_the_files_json_schema(tmp_path: Path) -> None:
+    result = cli("schema", store=f"sqlite:///{tmp_path}/unused.db")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["title"] == "precompute.toml"
+    assert set(schema["properties"]) == {"model", "space", "store", "run", "serve"}
+    assert schema["additionalProperties"] is False

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import json
+import tomllib
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
 
-from precompute.config import ConfigError, load_config
+from precompute.config import ConfigError, ModelConfig, RunConfig, ServeConfig, StoreConfig, load_config
+from precompute.settings import ConfigFile, document_schema
 from tests.precompute.conftest import EXAMPLE, EXAMPLE_CONFIG
 
 GRID = """
@@ -92,3 +97,145 @@ def test_table_space(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, text), env={})
     assert config.space.format == "csv"  # type: ignore[union-attr]
     assert config.space.paths == (str(tmp_path / "users.csv"),)  # type: ignore[union-attr]
+
+
+def test_a_misspelled_section_is_one_problem_with_a_suggestion(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GRID.replace("[model]\n", "[modle]\n", 1)), env={})
+    assert str(info.value) == "config [modle]: unknown section ([model] is required). Fix: did you mean `[model]`?"
+    with pytest.raises(ConfigError, match=r"config \[srve\]: unknown section. Fix: did you mean `\[serve\]`\?"):
+        load_config(write(tmp_path, GRID + "[srve]\nport = 1\n"), env={})
+    with pytest.raises(ConfigError, match=r"config \[logging\]: unknown section. Fix: remove it \(sections: \[model\]"):
+        load_config(write(tmp_path, GRID + "[logging]\nlevel = 1\n"), env={})
+
+
+def test_a_table_where_a_list_of_tables_belongs_says_so(tmp_path: Path) -> None:
+    text = '[model]\npath = "m"\n[space]\n[space.feature]\nname = "a"\nvalues = ["x"]\n'
+    with pytest.raises(
+        ConfigError, match=r"^\[space\] feature: expected a list of tables, got .*\[\[space.feature\]\] table$"
+    ):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_every_problem_gets_one_line(tmp_path: Path) -> None:
+    text = GRID + '[run]\nactors = -1\ndevice = "gpus"\nport = 8000\n[serve]\ncache_bytes = -1\nmetrics = "yes"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert info.value.problems == (
+        '[run] device: \'gpus\' is not one of "auto" | "cpu" | "gpu". Fix: did you mean `device = "gpu"`?',
+        '[run] actors: must be positive, got -1. Fix: write e.g. `actors = 2` or `actors = "auto"`',
+        "[run] port: unknown field. Fix: it belongs in [serve]",
+        "[serve] cache_bytes: must be 0 or more, got -1. Fix: write e.g. `cache_bytes = 67108864`",
+        "[serve] metrics: expected true or false, got 'yes'. Fix: write e.g. `metrics = true`",
+    )
+    assert str(info.value).startswith("5 problems:\n[run] device: ")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("start = 1", 'start = "x"'), r"^\[\[space.feature\]\] #2 \(b\) start: expected a number, got 'x'. Fix: "),
+        (("stop = 3", "stop = 3\nstpe = 1"), r"^\[\[space.feature\]\] #2 \(b\) stpe: unknown field. Fix: did you mean"),
+        (
+            ('values = ["x", "y"]', 'values = ["x", "x"]'),
+            r"^\[\[space.feature\]\] #1 \(a\) values: 'x' is listed twice",
+        ),
+        (('values = ["x", "y"]', 'values = ["x", "y"]\nstep = 2'), r"#1 \(a\): give either `values` or"),
+        (('name = "b"', 'name = "a"'), r"^\[space\] feature: two features are named 'a'"),
+        (('type = "grid"', 'type = "tabel"'), r'^\[space\] type: \'tabel\' is not one of "grid" \| "table". Fix: did'),
+        (('path = "model"', 'path = ""'), r"^\[model\] path: must not be empty"),
+        (
+            ("[model]\n", "[model]\noutputs = []\n"),
+            r"^\[model\] outputs: must not be empty. Fix: write e.g. `outputs = \[",
+        ),
+        (
+            ("[model]\n", "[run]\nactors = 2.5\n[model]\n"),
+            r'^\[run\] actors: expected a positive integer or "auto", got',
+        ),
+        (("[model]\n", '[run]\nwrite_tasks = "aut"\n[model]\n'), r'Fix: did you mean `write_tasks = "auto"`\?'),
+        (("[model]\n", "[serve]\nport = 70000\n[model]\n"), r"70000 is above the highest TCP port of 65535"),
+        (("[model]\n", "[store]\nkeep_versions = true\n[model]\n"), r"\[store\] keep_versions: expected a positive"),
+        (
+            ('type = "grid"', 'type = "grid"\nkey_column = "id"'),
+            r"key_column: unknown field. Fix: it belongs in \[space\] ",
+        ),
+    ],
+)
+def test_field_errors_name_the_table_the_field_and_the_fix(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    text = GRID.replace(*change, 1)
+    assert text != GRID
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_a_table_space_needs_a_format_it_can_tell(tmp_path: Path) -> None:
+    text = '[model]\npath = "m"\n[space]\ntype = "table"\npath = "users.txt"\nkey_column = "id"\n'
+    with pytest.raises(ConfigError, match=r"\[space\] format: cannot tell the format of 'users.txt'"):
+        load_config(write(tmp_path, text), env={})
+    config = load_config(write(tmp_path, text + 'format = "csv"\n'), env={})
+    assert config.space.format == "csv"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"\[space\] key_column: is required. Fix: add `key_column = "):
+        load_config(write(tmp_path, text.replace('key_column = "id"\n', "")), env={})
+
+
+def test_auto_values_read_as_none_and_numbers_as_given(tmp_path: Path) -> None:
+    text = GRID + '[run]\nactors = "auto"\ncpus_per_actor = 0.5\nwrite_tasks = 2\n'
+    run = load_config(write(tmp_path, text), env={}).run
+    assert (run.actors, run.cpus_per_actor, run.write_tasks) == (None, 0.5, 2)
+    assert load_config(write(tmp_path, GRID), env={"RAY_ADDRESS": "ray://head:10001"}).run.ray_address == (
+        "ray://head:10001"
+    )
+
+
+def test_the_resolved_defaults_are_the_files_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GRID), env={})
+    assert config.run == RunConfig()
+    assert config.serve == ServeConfig()
+    assert config.store == StoreConfig(config.store.url)
+    assert config.model == ModelConfig(tmp_path / "model")
+    assert (config.serve.batch_target_ms, config.serve.max_key_bytes, config.run.device) == (50.0, 1024, "auto")
+    short = load_config(write(tmp_path, GRID + "[serve]\ndeadline_ms = 60\n"), env={})
+    assert short.serve.batch_target_ms == 30.0  # half the deadline when that is below 50 ms
+
+
+def test_every_field_is_described_for_the_schema() -> None:
+    def fields(model: type[BaseModel]) -> list[tuple[str, str | None]]:
+        found = []
+        for name, info in model.model_fields.items():
+            found.append((f"{model.__name__}.{name}", info.description))
+            for member in (info.annotation, *get_args(info.annotation)):
+                for inner in (member, *get_args(member)):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        found.extend(fields(inner))
+        return found
+
+    undescribed = sorted({name for name, description in fields(ConfigFile) if not description})
+    assert not undescribed
+
+
+def test_schema_checks_the_example_and_rejects_an_unknown_field() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = document_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    document = tomllib.loads(EXAMPLE_CONFIG.read_text())
+    assert list(validator.iter_errors(document)) == []
+    assert set(schema["properties"]) == {"model", "space", "store", "run", "serve"}
+    assert schema["required"] == ["model", "space"]
+    table = {"model": {"path": "m"}, "space": {"type": "table", "path": ["a.parquet"], "key_column": "id"}}
+    assert validator.is_valid(table)
+    misspelt = {**document, "model": {**document["model"], "signatur": "x"}}
+    assert [error.message for error in validator.iter_errors(misspelt)] == [
+        "Additional properties are not allowed ('signatur' was unexpected)"
+    ]
+    assert not validator.is_valid({**document, "run": {"actors": 0}})
+    assert not validator.is_valid({**document, "run": {"device": "tpu"}})
+    assert validator.is_valid({**document, "run": {"actors": "auto", "cpus_per_actor": 0.5}})
+
+
+def test_schema_has_no_null_since_toml_has_none() -> None:
+    text = json.dumps(document_schema())
+    assert '"null"' not in text
+    assert '"default": null' not in text

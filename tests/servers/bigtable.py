@@ -12,10 +12,14 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.servers import free_port, missing, stop, wait_for_port
+
+if TYPE_CHECKING:  # the adapter imports the Bigtable SDK, which a test run without it never needs
+    from precompute.adapters.bigtable.options import Settings
 
 STORE_FIXTURES = ["bigtable_store_url"]
 
@@ -63,14 +67,14 @@ def bigtable_emulator() -> Iterator[str]:
         stop(proc)
 
 
-def drop_table(table: str) -> None:
+def drop_table(settings: Settings) -> None:
     from google.api_core import exceptions
 
     from precompute.adapters.bigtable.client import admin_client, close_admin
 
-    admin = admin_client()
+    admin = admin_client(settings)
     try:
-        admin.delete_table(request={"name": f"projects/{PROJECT}/instances/{INSTANCE}/tables/{table}"})
+        admin.delete_table(request={"name": settings.table_path})
     except exceptions.NotFound:
         pass
     finally:
@@ -80,6 +84,12 @@ def drop_table(table: str) -> None:
 @pytest.fixture
 def bigtable_store_url(bigtable_emulator: str) -> Iterator[str]:
     """A store on a table of its own; the table (and the emulator memory it holds) goes after the test."""
-    table = f"t-{uuid.uuid4().hex[:16]}"
-    yield f"bigtable://{PROJECT}/{INSTANCE}/{table}"
-    drop_table(table)
+    from precompute.adapters.bigtable.options import Settings
+    from precompute.store import StoreURL
+
+    url = f"bigtable://{PROJECT}/{INSTANCE}/t-{uuid.uuid4().hex[:16]}"
+    # Where it lives, read now: a test may point BIGTABLE_EMULATOR_HOST elsewhere before this is undone.
+    settings = Settings.from_url(StoreURL.parse(url))
+    yield url
+    drop_table(settings)
+

@@ -2,12 +2,17 @@
 
 The emulator keeps everything in memory (about 1.2 KiB a row), so each test's table is deleted when the
 test ends. Clients find it through ``BIGTABLE_EMULATOR_HOST``, set for the session and restored after.
+
+``bigtable_down_url`` (in ``DOWN_FIXTURES``) is a store whose emulator is not there: its URL names a
+loopback port that refuses connections with the ``emulator=`` option, so it changes no environment
+variable and the other Bigtable tests of the process keep their emulator.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -22,6 +27,7 @@ if TYPE_CHECKING:  # the adapter imports the Bigtable SDK, which a test run with
     from precompute.adapters.bigtable.options import Settings
 
 STORE_FIXTURES = ["bigtable_store_url"]
+DOWN_FIXTURES = ["bigtable_down_url"]
 
 PROJECT = "test-project"
 INSTANCE = "test-instance"
@@ -93,3 +99,20 @@ def bigtable_store_url(bigtable_emulator: str) -> Iterator[str]:
     yield url
     drop_table(settings)
 
+
+@pytest.fixture
+def bigtable_down_url() -> Iterator[str]:
+    """A store whose emulator is down: every call gives up within about 3 s.
+
+    The port is bound and never listened on, so it refuses every connection for as long as the test
+    runs (a port merely found free could be taken by another process meanwhile). ``timeout=1`` bounds
+    each data call, client retries included; ``deadline=2`` bounds how long a bulk write resends.
+    """
+    try:
+        import google.cloud.bigtable  # noqa: F401
+    except ImportError:
+        missing("google-cloud-bigtable", "pip install 'precompute[bigtable]'")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        yield f"bigtable://{PROJECT}/{INSTANCE}/down?emulator=127.0.0.1:{port}&timeout=1&deadline=2"

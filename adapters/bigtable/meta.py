@@ -36,9 +36,12 @@ from precompute.adapters.bigtable.layout import (
     version_prefix,
 )
 from precompute.store import StoreError
+from precompute.store.retry import Backoff
 
-#: Swaps lost in a row before acquire gives up; each loss means another owner changed the lease.
-LOCK_TURNS = 10
+#: Taking the lock when a swap is lost: each loss means another owner changed the lease meanwhile, so the
+#: lease is read again after a short jittered pause (owners taking turns spread out instead of colliding
+#: again), until 10 swaps are lost in a row.
+LOCK_CONTENTION = Backoff(base_s=0.01, cap_s=0.2, deadline_s=5.0, max_attempts=10)
 
 
 class MetaRows:
@@ -143,7 +146,7 @@ class MetaRows:
     # -- run lock --------------------------------------------------------------------------------
 
     def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
-        for _ in range(LOCK_TURNS):
+        for _attempt in LOCK_CONTENTION.delays():
             current = self.read(LOCK_ROW, LEASE_COLUMN, "reading the run lock")
             now_ms = int(time.time() * 1000)
             lease = self._set(LEASE_COLUMN, encode_lease(owner, now_ms + int(ttl_s * 1000)))
@@ -157,7 +160,9 @@ class MetaRows:
                     taken = self._swap(LOCK_ROW, column_equals(META_FAMILY, LEASE_COLUMN, current), if_matched=lease)
             if taken:
                 return None
-        raise StoreError(f"the run lock of {self.where} changed hands {LOCK_TURNS} times while it was being taken")
+        raise StoreError(
+            f"the run lock of {self.where} changed hands {LOCK_CONTENTION.max_attempts} times while it was being taken"
+        )
 
     def release_lock(self, owner: str) -> None:
         current = self.read(LOCK_ROW, LEASE_COLUMN, "reading the run lock")

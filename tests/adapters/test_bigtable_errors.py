@@ -28,6 +28,7 @@ from precompute.adapters.bigtable import BigtableBackend
 from precompute.adapters.bigtable.errors import TableMissing, translate
 from precompute.store import StoreConfigError, StoreError, StoreUnavailable, Versions, WriteError
 from precompute.store.codec import encode_key, encode_value
+from precompute.store.retry import Backoff
 from tests.precompute.conftest import EXAMPLE_CONFIG
 from tests.servers import ROOT
 
@@ -154,7 +155,7 @@ def test_without_the_option_the_environment_variable_picks_the_emulator(
 
     backend = open_backend(url)
     assert isinstance(backend, BigtableBackend)
-    backend.retry_policy = backend.retry_policy.__class__(base_s=0.001, cap_s=0.01, deadline_s=10.0, max_attempts=4)
+    backend.retry_policy = Backoff(base_s=0.001, cap_s=0.01, deadline_s=10.0, max_attempts=4)
     started = time.monotonic()
     with pytest.raises(WriteError, match="3 of 3 rows still failed"):
         backend.write("v1", rows(3))

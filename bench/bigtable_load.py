@@ -42,9 +42,10 @@ sys.path.insert(0, str(ROOT))
 
 from precompute.adapters import open_backend, open_reader  # noqa: E402
 from precompute.adapters.bigtable import BigtableBackend  # noqa: E402
-from precompute.adapters.bigtable.client import async_data_client, shared_data_client  # noqa: E402
+from precompute.adapters.bigtable.client import async_data_client, credentials_for  # noqa: E402
+from precompute.adapters.bigtable.options import Settings  # noqa: E402
 from precompute.adapters.bigtable.writes import entries_for  # noqa: E402
-from precompute.store import Item, Versions  # noqa: E402
+from precompute.store import Item, StoreURL, Versions  # noqa: E402
 from precompute.store.codec import encode_key, encode_value  # noqa: E402
 from tests.servers import free_port, stop, wait_for_port  # noqa: E402
 from tests.servers.bigtable import HINT, find_emulator  # noqa: E402
@@ -185,8 +186,9 @@ def batch_sweep(backend: BigtableBackend, args: argparse.Namespace) -> list[str]
 
 async def lookups(url: str, version: str, keys: list[bytes], batch: list[bytes]) -> dict[str, list[float]]:
     reader = open_reader(url)
-    client = async_data_client(PROJECT)
-    table = client.get_table(INSTANCE, url.rsplit("/", 1)[1])
+    settings = Settings.from_url(StoreURL.parse(url))
+    client = async_data_client(settings, credentials_for(settings))  # the bare client the reader builds on
+    table = client.get_table(settings.instance, settings.table)
     prefix = version.encode() + b"#"
     out: dict[str, list[float]] = {"ours": [], "raw": [], "ours_batch": [], "raw_batch": []}
     try:
@@ -355,7 +357,6 @@ def main() -> None:
         backend = open_backend(url)
         assert isinstance(backend, BigtableBackend)
         backend.create_version("warm")
-        shared_data_client(PROJECT)
         print(f"emulator 127.0.0.1:{port}, {os.cpu_count()} CPUs, rows {args.rows:,}, runs {args.runs}, medians")
         print(f"  {'':<38} {'bigtable':>10} {'baseline':>10} {'':<7} {'ratio':>7}")
         sections: list[tuple[str, Callable[[], list[str]]]] = [

@@ -1,5 +1,7 @@
-"""Google Bigtable backend: see :mod:`.backend` for the layout and its reasons."""
+"""Google Bigtable backend: see :mod:`.backend` for the package's modules, :mod:`.layout` for the layout
+and its reasons, :mod:`.options` for the URL."""
 
-from precompute.adapters.bigtable.backend import BigtableBackend, BigtableReader
+from precompute.adapters.bigtable.backend import BigtableBackend
+from precompute.adapters.bigtable.reader import BigtableReader
 
 __all__ = ["BigtableBackend", "BigtableReader"]

@@ -1,82 +1,47 @@
-"""Google Cloud Bigtable backend: ``bigtable://PROJECT/INSTANCE/TABLE[?app_profile=ID&timeout=SECONDS]``.
+"""Google Cloud Bigtable backend: ``bigtable://PROJECT/INSTANCE/TABLE[?app_profile=ID&timeout=SECONDS...]``.
 
 For request spaces that do not fit in memory: hundreds of millions of keys, millisecond reads at any
 scale. Credentials come the standard Google way (application default credentials), never from the URL;
-``BIGTABLE_EMULATOR_HOST=host:port`` points every client at the emulator instead.
+``BIGTABLE_EMULATOR_HOST=host:port`` (or the URL option ``emulator=host:port``) points every client at
+the emulator instead. The options are in :mod:`.options`.
 
-Layout: one table, a row-key prefix per version (details in :mod:`adapters.bigtable.layout`)::
-
-    <version>#<key>  -> v:v = value       ~alias -> m:alias       ~lock -> m:lease       ~record#<version> -> m:r
-
-Why a prefix per version rather than a table per version. Both make publish atomic the same way (one
-``CheckAndMutateRow`` on the alias row) and both drop a version with one admin call
-(``DropRowRange(prefix)`` or ``DeleteTable``). They differ in what a run costs:
-
-* creating a version is free with a prefix, but a table per version is a ``CreateTable`` per run. Table
-  creation and deletion are admin operations under a small per-project daily quota, and Google's quota
-  page asks that admin calls not grow with usage;
-* ``DropRowRange`` needs only ``bigtable.tables.mutateRows``, the permission the writer already has,
-  whereas a table per version needs create/delete rights on the instance for every job;
-* one table means one set of settings (GC, replication, app profiles, IAM) made once by the operator,
-  and one table handle in the reader for every version.
-
-The price: on a replicated instance ``DropRowRange`` makes the replicas work harder than a
-``DeleteTable``, and only one may run per table at a time (a concurrent one is refused: retried here).
+The package, one role a module: :mod:`.options` (the URL), :mod:`.layout` (row keys and cells: one table,
+a row-key prefix per version, and why), :mod:`.client` (the SDK clients), :mod:`.errors` (SDK errors to
+store errors), :mod:`.writes` (bulk writes), :mod:`.meta` (records, alias, lock), this module (the
+synchronous :class:`~precompute.store.backend.Backend`) and :mod:`.reader` (the API's async reads).
 
 Writes: ``bulk_mutate_rows`` with every per-row status checked, failed rows retried with backoff and
-then raised (:mod:`adapters.bigtable.writes`). Ray write tasks each hold their own process-wide client
-(:mod:`adapters.bigtable.client`), so tasks write in parallel. Reads: ``read_row`` for one key,
-``read_rows`` with a row-key set for a batch, answers put back in input order.
+then raised (:mod:`.writes`). Ray write tasks each hold their own process-wide client (:mod:`.client`),
+so tasks write in parallel.
 
 Measured against the emulator on this shared 2-core machine (``bench/bigtable_load.py``, three runs of
 3 medians each; other work kept the load average at 4-12, so wall-clock rates moved by half between runs
 and CPU time per row is the steadier figure): a writer costs 24-28k rows per CPU-second, 0.93-1.00x the
 bare client sending the same rows unchecked, so checking every row's status costs at most a few percent.
 Half of that CPU is the client building entries and converting them to protobuf: a writer is CPU-bound,
-so parallelism comes from more Ray write tasks, not from concurrent calls inside one. A point read takes
-0.75-0.93 ms at p50 (1.02-1.03x a bare ``read_row``); a 1,000-key batch 1.02-1.20x a bare ``read_rows``.
-The emulator is one Go process; these figures orient, they do not predict a cluster.
+so parallelism comes from more Ray write tasks, not from concurrent calls inside one. The emulator is one
+Go process; these figures orient, they do not predict a cluster.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from google.api_core import exceptions as core_exceptions
-from google.cloud.bigtable.data import BigtableDataClientAsync, ReadRowsQuery, Row, TableAsync
+from google.cloud import bigtable_admin_v2
 
-from precompute.adapters.bigtable.client import (
-    AdminClient,
-    TableMissing,
-    admin_client,
-    async_data_client,
-    close_admin,
-    ensure_table,
-    errors,
-    shared_data_client,
-)
-from precompute.adapters.bigtable.layout import (
-    ALIAS_COLUMN,
-    ALIAS_ROW,
-    DATA_FAMILY,
-    META_FAMILY,
-    VALUE_COLUMN,
-    Location,
-    first_cell,
-    version_prefix,
-)
+from precompute.adapters.bigtable.client import AdminClient, admin_client, close_admin, shared_data_client
+from precompute.adapters.bigtable.errors import SDK_ERRORS, TableMissing, translate, translated
+from precompute.adapters.bigtable.layout import FAMILIES, GC_RULE, batch_query, values_in_order, version_prefix
 from precompute.adapters.bigtable.meta import MetaRows
+from precompute.adapters.bigtable.options import BACKEND_TIMEOUT_S, Settings
 from precompute.adapters.bigtable.writes import write_rows
-from precompute.store import Backend, Item, Reader, StoreURL
+from precompute.store import Backend, Item, StoreConfigError, StoreURL
 from precompute.store.retry import Backoff
 
-#: Time budget of one data call, the client's own retries included, unless the URL sets ``timeout``: the
-#: batch side can wait out a blip; a lookup should fail fast and let the caller answer 503.
-BACKEND_TIMEOUT_S = 30.0
-READER_TIMEOUT_S = 5.0
-RETRY_POLICY = Backoff(base_s=0.1, cap_s=5.0, deadline_s=120.0, max_attempts=12)
+#: Time budget of an admin call (creating the table, reading its schema).
+ADMIN_TIMEOUT_S = 60.0
 
 #: Refusals of DropRowRange worth waiting out (one runs per table at a time; a second is refused).
 _DROP_AGAIN = (
@@ -86,16 +51,6 @@ _DROP_AGAIN = (
     core_exceptions.Aborted,
     core_exceptions.TooManyRequests,
 )
-
-
-def _batch_query(prefix: bytes, keys: Sequence[bytes]) -> ReadRowsQuery:
-    # Never an empty key set: ReadRows without keys or ranges scans the whole table.
-    return ReadRowsQuery(row_keys=[prefix + key for key in dict.fromkeys(keys)])
-
-
-def _in_order(prefix: bytes, keys: Sequence[bytes], rows: Sequence[Row]) -> list[bytes | None]:
-    found = {bytes(row.row_key)[len(prefix) :]: first_cell(row, DATA_FAMILY, VALUE_COLUMN) for row in rows}
-    return [found.get(key) for key in keys]
 
 
 class BigtableBackend(Backend):
@@ -111,15 +66,14 @@ class BigtableBackend(Backend):
 
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
-        self.where = Location.from_url(url)
+        self.settings = Settings.from_url(url)
+        where = self.settings
         #: The data API's table handle (on the process-wide client); tests wrap it to inject faults.
-        self.table = shared_data_client(self.where.project).get_table(
-            self.where.instance, self.where.table, app_profile_id=self.where.app_profile
-        )
-        self.timeout_s = self.where.timeout(BACKEND_TIMEOUT_S)
-        self.meta = MetaRows(self.table, self.timeout_s)
+        self.table = shared_data_client(where).get_table(where.instance, where.table, app_profile_id=where.app_profile)
+        self.timeout_s = where.timeout(BACKEND_TIMEOUT_S)
+        self.meta = MetaRows(self.table, self.timeout_s, where.table_path)
         #: How long failed rows of a bulk write, and a refused drop, are retried before raising.
-        self.retry_policy = RETRY_POLICY
+        self.retry_policy = Backoff(base_s=0.1, cap_s=5.0, deadline_s=where.deadline_s, max_attempts=12)
         #: Rows that write_batch had to send more than once, over this backend's life.
         self.resent_rows = 0
         self._admin: AdminClient | None = None
@@ -127,7 +81,7 @@ class BigtableBackend(Backend):
 
     def _admin_client(self) -> AdminClient:
         if self._admin is None:
-            self._admin = admin_client()
+            self._admin = admin_client(self.settings)
         return self._admin
 
     def _ensure_table(self) -> None:
@@ -135,8 +89,48 @@ class BigtableBackend(Backend):
         # the table is missing, so runs against an existing table need no admin rights or quota.
         if not self._table_ready:
             if not self.meta.table_exists():
-                ensure_table(self._admin_client(), self.where)
+                self.create_table()
             self._table_ready = True
+
+    def create_table(self) -> None:
+        """Create the table with both families (GC: keep one cell version); if it appeared meanwhile, add
+        the families it lacks. Admin calls are quota'd per project per day: this runs only when the table
+        is missing."""
+        where, admin = self.settings, self._admin_client()
+        families = {name: {"gc_rule": GC_RULE} for name in FAMILIES}
+        timeout = where.timeout(ADMIN_TIMEOUT_S)
+        try:
+            spec = {"column_families": families}
+            admin.create_table(
+                request={"parent": where.instance_path, "table_id": where.table, "table": spec}, timeout=timeout
+            )
+            return
+        except core_exceptions.AlreadyExists:
+            pass  # made meanwhile (another run, an operator): check its families below
+        except core_exceptions.PermissionDenied as exc:
+            columns = ",".join(f"{name}:maxversions=1" for name in FAMILIES)
+            raise StoreConfigError(
+                f"no permission to create {where.table_path} ({exc.message}); create it once with "
+                f"`cbt -project {where.project} -instance {where.instance} createtable {where.table} "
+                f"families={columns}` or grant bigtable.tables.create"
+            ) from exc
+        except core_exceptions.NotFound as exc:  # the instance itself is not there
+            raise StoreConfigError(
+                f"Bigtable: creating {where.table_path} failed: {exc.message}. Fix: check PROJECT and INSTANCE in "
+                f"the URL (`cbt -project {where.project} listinstances` lists the instances)"
+            ) from exc
+        except SDK_ERRORS as exc:
+            raise translate(exc, f"creating {where.table_path}") from exc
+        with translated(f"reading the schema of {where.table_path}"):
+            table = admin.get_table(
+                request={"name": where.table_path, "view": bigtable_admin_v2.Table.View.SCHEMA_VIEW}, timeout=timeout
+            )
+            missing = [name for name in families if name not in table.column_families]
+            if missing:
+                modifications = [{"id": name, "create": families[name]} for name in missing]
+                admin.modify_column_families(
+                    request={"name": where.table_path, "modifications": modifications}, timeout=timeout
+                )
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -147,37 +141,30 @@ class BigtableBackend(Backend):
     def write_batch(self, version: str, items: Sequence[Item]) -> None:
         if items:
             prefix = version_prefix(version)
-            where = self.where
-            self.resent_rows += write_rows(
-                self.table, prefix, items, self.retry_policy, self.timeout_s, where.table_path
-            )
+            where = self.settings.table_path
+            self.resent_rows += write_rows(self.table, prefix, items, self.retry_policy, self.timeout_s, where)
 
     def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
         prefix = version_prefix(version)
         try:
-            with errors(f"reading {len(keys)} keys of {version}"):
-                rows = self.table.read_rows(_batch_query(prefix, keys), operation_timeout=self.timeout_s)
+            with translated(f"reading {len(keys)} keys of {version} in {self.settings.table_path}"):
+                rows = self.table.read_rows(batch_query(prefix, keys), operation_timeout=self.timeout_s)
         except TableMissing:
             return [None] * len(keys)
-        return _in_order(prefix, keys, rows)
+        return values_in_order(prefix, keys, rows)
 
     def drop_version(self, version: str) -> None:
-        request = {"name": self.where.table_path, "row_key_prefix": version_prefix(version)}
-        admin = self._admin_client()
-        refused: Exception | None = None
+        request = {"name": self.settings.table_path, "row_key_prefix": version_prefix(version)}
         try:
-            with errors(f"dropping version {version}"):
-                for _ in self.retry_policy.delays():
-                    try:
-                        # A large range takes the server a while; the call returns when the rows are gone.
-                        admin.drop_row_range(request=request, timeout=max(self.timeout_s, 600.0))
-                        return
-                    except _DROP_AGAIN as exc:
-                        refused = exc
-                assert refused is not None
-                raise refused
+            with translated(f"dropping version {version} of {self.settings.table_path}"):
+                admin = self._admin_client()
+                # A large range takes the server a while; the call returns when the rows are gone.
+                self.retry_policy.call(
+                    lambda: admin.drop_row_range(request=request, timeout=max(self.timeout_s, 600.0)),
+                    retry_on=lambda exc: isinstance(exc, _DROP_AGAIN),
+                )
         except TableMissing:
             return  # no table, so no rows
 
@@ -214,70 +201,3 @@ class BigtableBackend(Backend):
         if self._admin is not None:
             close_admin(self._admin)
             self._admin = None
-
-
-class BigtableReader(Reader):
-    """Async reads for the API: one async data client per reader, created on the API's event loop."""
-
-    max_read_batch = BigtableBackend.max_read_batch
-
-    def __init__(self, url: StoreURL) -> None:
-        super().__init__(url)
-        self.where = Location.from_url(url)
-        self.timeout_s = self.where.timeout(READER_TIMEOUT_S)
-        self._client: BigtableDataClientAsync | None = None
-        self._table: TableAsync | None = None
-
-    def _handle(self) -> TableAsync:
-        if self._table is None:
-            client = self._client = async_data_client(self.where.project)
-            self._table = client.get_table(self.where.instance, self.where.table, app_profile_id=self.where.app_profile)
-        return self._table
-
-    async def _read_row(self, row_key: bytes, what: str) -> Row | None:
-        try:
-            with errors(what):
-                row: Row | None = await self._handle().read_row(row_key, operation_timeout=self.timeout_s)
-        except TableMissing:
-            return None
-        return row
-
-    async def get_alias(self) -> str | None:
-        value = first_cell(await self._read_row(ALIAS_ROW, "reading the live alias"), META_FAMILY, ALIAS_COLUMN)
-        return value.decode() if value is not None else None
-
-    async def read_one(self, version: str, key: bytes) -> bytes | None:
-        row = await self._read_row(version_prefix(version) + key, f"reading a key of {version}")
-        return first_cell(row, DATA_FAMILY, VALUE_COLUMN)
-
-    async def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
-        if not keys:
-            return []
-        prefix = version_prefix(version)
-        try:
-            with errors(f"reading {len(keys)} keys of {version}"):
-                query = _batch_query(prefix, keys)
-                rows = await self._handle().read_rows(query, operation_timeout=self.timeout_s)
-        except TableMissing:
-            return [None] * len(keys)
-        return _in_order(prefix, keys, rows)
-
-    async def records(self) -> dict[str, bytes]:
-        return await asyncio.to_thread(self._sync_records)
-
-    def _sync_records(self) -> dict[str, bytes]:
-        from precompute.adapters import open_backend
-
-        backend = open_backend(self.url)
-        try:
-            return backend.records()
-        finally:
-            backend.close()
-
-    async def aclose(self) -> None:
-        table, client = self._table, self._client
-        self._table = self._client = None
-        if table is not None:
-            await table.close()
-        if client is not None:
-            await client.close()

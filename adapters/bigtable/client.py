@@ -1,4 +1,4 @@
-"""Bigtable clients for the ``bigtable://`` adapter: one data client per process, and error translation.
+"""The SDK clients of a ``bigtable://`` store: created here, cached per process, closed at exit.
 
 A data client owns a gRPC channel pool and, outside the emulator, a background thread that refreshes it.
 Opening one per backend (the batch job opens a backend in every Ray write task) would leak both, so
@@ -7,7 +7,14 @@ emulator address, and closes them at exit. A forked child starts its own: gRPC c
 ``fork``.
 
 The async client used by the API is bound to the event loop it was created on; each
-:class:`~adapters.bigtable.BigtableReader` creates one lazily on its loop and keeps it.
+:class:`~precompute.adapters.bigtable.BigtableReader` creates one lazily on its loop and keeps it.
+
+Credentials are found once per process, by :func:`credentials_for`, and handed to every client, so no
+client looks for them itself. Finding them can block for seconds (files, then the GCE metadata server,
+probed with retries), which is why the reader calls it in a thread, never on its event loop. Against
+the emulator no credentials are looked for at all. The emulator a client talks to is the store's
+setting (:attr:`Settings.emulator <precompute.adapters.bigtable.options.Settings.emulator>`), not
+whatever ``BIGTABLE_EMULATOR_HOST`` says when the client happens to be built.
 """
 
 from __future__ import annotations
@@ -16,163 +23,155 @@ import atexit
 import os
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import google.auth
 import grpc
-from google.api_core import exceptions as core_exceptions
+from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import bigtable_admin_v2
-from google.cloud.bigtable.data import BigtableDataClient, BigtableDataClientAsync, RetryExceptionGroup
+from google.cloud.bigtable.data import BigtableDataClient, BigtableDataClientAsync
 from google.cloud.bigtable_admin_v2.services.bigtable_table_admin.transports.grpc import (
     BigtableTableAdminGrpcTransport,
 )
 
-from precompute.adapters.bigtable.layout import DATA_FAMILY, META_FAMILY, Location
-from precompute.store import StoreError, StoreUnavailable
+from precompute.adapters.bigtable.errors import translated
+from precompute.adapters.bigtable.options import Settings
 
-EMULATOR_ENV = "BIGTABLE_EMULATOR_HOST"
-ADMIN_TIMEOUT_S = 60.0
 AdminClient = bigtable_admin_v2.BigtableTableAdminClient
+_anonymous: Any = AnonymousCredentials  # untyped constructor in google-auth
+C = TypeVar("C")
 
-#: Codes worth another attempt: the server was busy, throttling, restarting or cut the stream. Anything
-#: else (bad argument, missing table or family, permissions) fails the same way every time.
-TRANSIENT = (
-    core_exceptions.ServiceUnavailable,
-    core_exceptions.DeadlineExceeded,
-    core_exceptions.TooManyRequests,  # RESOURCE_EXHAUSTED: throttled
-    core_exceptions.Aborted,
-    core_exceptions.InternalServerError,
-    core_exceptions.Unknown,
-    core_exceptions.Cancelled,
-)
 
-_lock = threading.Lock()
-_pid = os.getpid()
+class _StoreEmulator:
+    """Makes a data client's emulator the store's setting.
+
+    The SDK's clients read ``BIGTABLE_EMULATOR_HOST`` into ``self._emulator_host`` when they are built,
+    and every emulator decision (insecure channel, no metrics exporter, no channel refresh) follows that
+    attribute. This property answers the store's setting instead and ignores the variable, so a URL's
+    ``emulator=`` option works without touching the process environment (other stores, other threads).
+    """
+
+    _store_emulator: str | None = None
+
+    @property
+    def _emulator_host(self) -> str | None:
+        return self._store_emulator
+
+    @_emulator_host.setter
+    def _emulator_host(self, _from_environment: str | None) -> None:
+        pass
+
+
+class _DataClient(_StoreEmulator, BigtableDataClient):
+    def __init__(self, emulator: str | None, **kwargs: Any) -> None:
+        self._store_emulator = emulator
+        super().__init__(**kwargs)
+
+
+class _AsyncDataClient(_StoreEmulator, BigtableDataClientAsync):
+    def __init__(self, emulator: str | None, **kwargs: Any) -> None:
+        self._store_emulator = emulator
+        super().__init__(**kwargs)
+
+
+_lock = threading.Lock()  # guards the caches below, held for lookups only
+_searching = threading.Lock()  # one search for credentials at a time, held while it runs (seconds)
 _clients: dict[tuple[str, str | None], BigtableDataClient] = {}
+_credentials: list[Credentials] = []  # the process's application default credentials, once found
 
 
-def _quiet(factory: Any, **kwargs: Any) -> Any:
+def _forked() -> None:
+    """In a forked child: forget the parent's clients (their channels are unusable here, and not ours to
+    close) and its locks (another thread may have held one at the fork)."""
+    global _lock, _searching
+    _lock, _searching = threading.Lock(), threading.Lock()
+    _clients.clear()
+    _credentials.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def credentials_for(settings: Settings) -> Credentials:
+    """The credentials for ``settings``: none against the emulator, else application default credentials.
+
+    Blocking (files, the GCE metadata server): call it from a thread in async code. Missing credentials
+    are a :class:`~precompute.store.errors.StoreConfigError` that names the fix.
+    """
+    if settings.emulator is not None:
+        anonymous: Credentials = _anonymous()
+        return anonymous
+    with _searching:
+        with _lock:
+            if _credentials:
+                return _credentials[0]
+        with translated(f"finding Google credentials for {settings.table_path}"):
+            found, _project = google.auth.default()
+            # Compute Engine credentials ask the metadata server for their universe domain the first
+            # time; the clients read it when they are built, so it is read here, where blocking is fine.
+            _ = found.universe_domain
+        with _lock:
+            _credentials[:] = [found]
+        return found
+
+
+def _quiet(factory: Callable[..., C], **kwargs: Any) -> C:
     # The client warns on every construction against the emulator; the test suite turns warnings into
-    # errors, and the message only repeats BIGTABLE_EMULATOR_HOST.
+    # errors, and the message only repeats the emulator address.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Connecting to Bigtable emulator", category=RuntimeWarning)
         return factory(**kwargs)
 
 
-def shared_data_client(project: str) -> BigtableDataClient:
-    """The process's data client for ``project`` (created on first use, reused by every backend)."""
-    global _pid
-    key = (project, os.environ.get(EMULATOR_ENV))
+def shared_data_client(settings: Settings) -> BigtableDataClient:
+    """The process's data client for the store's project and emulator (made on first use, then reused)."""
+    key = (settings.project, settings.emulator)
     with _lock:
-        if _pid != os.getpid():  # forked: the parent's channels are unusable here, and not ours to close
-            _clients.clear()
-            _pid = os.getpid()
+        client = _clients.get(key)
+    if client is not None:
+        return client
+    credentials = credentials_for(settings)  # outside the lock: it may take seconds
+    with _lock:
         client = _clients.get(key)
         if client is None:
-            client = _quiet(BigtableDataClient, project=project)
+            with translated(f"opening a Bigtable client for {settings.table_path}"):
+                client = _quiet(
+                    _DataClient, emulator=settings.emulator, project=settings.project, credentials=credentials
+                )
             _clients[key] = client
         return client
 
 
-def async_data_client(project: str) -> BigtableDataClientAsync:
-    """A new async data client; call from the event loop that will use it."""
-    client: BigtableDataClientAsync = _quiet(BigtableDataClientAsync, project=project)
+def async_data_client(settings: Settings, credentials: Credentials) -> BigtableDataClientAsync:
+    """A new async data client. Call it on the event loop that will use it, with ``credentials`` from
+    :func:`credentials_for` (found in a thread: this call itself does not block)."""
+    with translated(f"opening a Bigtable client for {settings.table_path}"):
+        client: BigtableDataClientAsync = _quiet(
+            _AsyncDataClient, emulator=settings.emulator, project=settings.project, credentials=credentials
+        )
     return client
 
 
 @atexit.register
 def _close_shared_clients() -> None:
     with _lock:
-        if _pid == os.getpid():
-            for client in _clients.values():
-                client.close()
+        for client in _clients.values():
+            client.close()
         _clients.clear()
 
 
-def admin_client() -> AdminClient:
-    """A table-admin client: the emulator when ``BIGTABLE_EMULATOR_HOST`` is set, else Google's endpoint."""
-    host = os.environ.get(EMULATOR_ENV)
-    if host:
-        transport = BigtableTableAdminGrpcTransport(host=host, channel=grpc.insecure_channel(host))
-        return bigtable_admin_v2.BigtableTableAdminClient(transport=transport)
-    return bigtable_admin_v2.BigtableTableAdminClient()
-
-
-def ensure_table(admin: AdminClient, where: Location) -> None:
-    """Create the table with both families (GC: keep one cell version); if it appeared meanwhile, add the
-    families it lacks. Admin calls are quota'd per project per day: this runs only when the table is missing.
-    """
-    family = {"gc_rule": {"max_num_versions": 1}}
-    families = {DATA_FAMILY: family, META_FAMILY: family}
-    parent = f"projects/{where.project}/instances/{where.instance}"
-    try:
-        admin.create_table(
-            request={"parent": parent, "table_id": where.table, "table": {"column_families": families}},
-            timeout=where.timeout(ADMIN_TIMEOUT_S),
-        )
-        return
-    except core_exceptions.AlreadyExists:
-        pass
-    except core_exceptions.PermissionDenied as exc:
-        raise StoreError(
-            f"no permission to create {where.table_path} ({exc.message}); create it once with "
-            f"`cbt -project {where.project} -instance {where.instance} createtable {where.table} "
-            f"families={DATA_FAMILY}:maxversions=1,{META_FAMILY}:maxversions=1` or grant bigtable.tables.create"
-        ) from exc
-    except core_exceptions.GoogleAPICallError as exc:
-        raise translate(exc, f"creating {where.table_path}") from exc
-    with errors(f"reading the schema of {where.table_path}"):
-        table = admin.get_table(
-            request={"name": where.table_path, "view": bigtable_admin_v2.Table.View.SCHEMA_VIEW},
-            timeout=where.timeout(ADMIN_TIMEOUT_S),
-        )
-        missing = [name for name in families if name not in table.column_families]
-        if missing:
-            modifications = [{"id": name, "create": families[name]} for name in missing]
-            admin.modify_column_families(
-                request={"name": where.table_path, "modifications": modifications},
-                timeout=where.timeout(ADMIN_TIMEOUT_S),
-            )
-
-
-def root_cause(exc: BaseException) -> BaseException:
-    """The last error of a client-side retry group, else ``exc`` itself."""
-    while isinstance(exc, RetryExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[-1]
-    return exc
-
-
-def is_transient(exc: BaseException) -> bool:
-    exc = root_cause(exc)
-    if isinstance(exc, core_exceptions.GoogleAPICallError):
-        return isinstance(exc, TRANSIENT)
-    # Client-side conditions (a stream that ended without a status for the entry, a retry budget that
-    # ran out) carry no verdict from the server; another attempt is the safe reading.
-    return True
-
-
-class TableMissing(StoreError):
-    """The table does not exist (yet): nothing was ever written to this store."""
-
-
-def translate(exc: BaseException, what: str) -> StoreError:
-    exc = root_cause(exc)
-    if isinstance(exc, core_exceptions.NotFound):
-        return TableMissing(f"Bigtable: {what} failed: {exc}")
-    kind = StoreUnavailable if is_transient(exc) else StoreError
-    return kind(f"Bigtable: {what} failed: {exc}")
+def admin_client(settings: Settings) -> AdminClient:
+    """A table-admin client for the store: its emulator if it has one, else Google's endpoint."""
+    if settings.emulator is not None:
+        channel = grpc.insecure_channel(settings.emulator)
+        transport = BigtableTableAdminGrpcTransport(host=settings.emulator, channel=channel)
+        return AdminClient(transport=transport)
+    credentials = credentials_for(settings)
+    with translated(f"opening a Bigtable admin client for {settings.table_path}"):
+        return AdminClient(credentials=credentials)
 
 
 def close_admin(admin: AdminClient) -> None:
     transport: Any = admin.transport  # the generated transport's close() is untyped
     transport.close()
-
-
-@contextmanager
-def errors(what: str) -> Iterator[None]:
-    """Raise the SDK's errors as store errors (transient ones as :class:`StoreUnavailable`)."""
-    try:
-        yield
-    except core_exceptions.GoogleAPIError as exc:
-        raise translate(exc, what) from exc

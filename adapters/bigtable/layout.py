@@ -1,27 +1,42 @@
-"""Where things live in a ``bigtable://`` store: the URL, row keys, cells and the lease format.
+"""Where things live in a ``bigtable://`` store: row keys, column families, cells and the lease format.
 
-One table holds every version and the store's bookkeeping (the reasons are in :mod:`adapters.bigtable`)::
+One table holds every version and the store's bookkeeping::
 
     <version>#<key>        v:v     the value, exactly the bytes the API returns
     ~alias                 m:alias the live version id
     ~lock                  m:lease "<expiry ms, 16 digits>|<owner>", the run lock as one cell
     ~record#<version>      m:r     the version record (JSON from store.versions)
 
-Version ids are ``[A-Za-z0-9_-]``, so ``<version>#`` never prefixes another version's rows and no
-version's rows reach the ``~`` rows ('~' sorts after every id character). Every cell is written at
-timestamp 0: a rewrite lands on the same cell and replaces it instead of stacking a newer version, and
-no client clock takes part in ordering (two machines with skewed clocks cannot hide each other's alias
-flip). The families' GC rule (one version) only matters for cells someone writes out of band.
+Why a prefix per version rather than a table per version. Both make publish atomic the same way (one
+``CheckAndMutateRow`` on the alias row) and both drop a version with one admin call
+(``DropRowRange(prefix)`` or ``DeleteTable``). They differ in what a run costs:
+
+* creating a version is free with a prefix, but a table per version is a ``CreateTable`` per run. Table
+  creation and deletion are admin operations under a small per-project daily quota, and Google's quota
+  page asks that admin calls not grow with usage;
+* ``DropRowRange`` needs only ``bigtable.tables.mutateRows``, the permission the writer already has,
+  whereas a table per version needs create/delete rights on the instance for every job;
+* one table means one set of settings (GC, replication, app profiles, IAM) made once by the operator,
+  and one table handle in the reader for every version.
+
+The price: on a replicated instance ``DropRowRange`` makes the replicas work harder than a
+``DeleteTable``, and only one may run per table at a time (a concurrent one is refused: retried).
+
+Version ids follow :func:`precompute.store.codec.check_version` (``[A-Za-z0-9_-]``), so ``<version>#``
+never prefixes another version's rows and no version's rows reach the ``~`` rows ('~' sorts after every
+id character). Every cell is written at timestamp 0: a rewrite lands on the same cell and replaces it
+instead of stacking a newer version, and no client clock takes part in ordering (two machines with skewed
+clocks cannot hide each other's alias flip). The families' GC rule (one version) only matters for cells
+someone writes out of band.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
-from google.cloud.bigtable.data import Row, row_filters
+from google.cloud.bigtable.data import ReadRowsQuery, Row, RowRange, row_filters
 
-from precompute.store import StoreError, StoreURL
+from precompute.store.codec import check_version
 
 DATA_FAMILY = "v"
 VALUE_COLUMN = b"v"
@@ -30,78 +45,50 @@ ALIAS_COLUMN = b"alias"
 LEASE_COLUMN = b"lease"
 RECORD_COLUMN = b"r"
 CELL_TIMESTAMP = 0
+#: Both families keep one cell version: what ``ensure_table`` creates and ``cbt createtable`` is told.
+FAMILIES = (DATA_FAMILY, META_FAMILY)
+GC_RULE = {"max_num_versions": 1}
 
 ALIAS_ROW = b"~alias"
 LOCK_ROW = b"~lock"
 RECORD_PREFIX = b"~record#"
 
-_VERSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-# Bigtable's own id rules, checked here so a typo fails with the URL in the message.
-_INSTANCE_ID = re.compile(r"^[a-z][-a-z0-9]{1,62}$")
-_TABLE_ID = re.compile(r"^[-_.a-zA-Z0-9]{1,50}$")
-_OPTIONS = {"app_profile", "timeout"}
-
-
-@dataclass(frozen=True)
-class Location:
-    """The parsed ``bigtable://PROJECT/INSTANCE/TABLE[?app_profile=ID&timeout=SECONDS]``."""
-
-    project: str
-    instance: str
-    table: str
-    app_profile: str | None
-    timeout_s: float | None  # None: the caller's default (the batch side waits longer than a lookup)
-
-    @classmethod
-    def from_url(cls, url: StoreURL) -> Location:
-        usage = "expected bigtable://PROJECT/INSTANCE/TABLE"
-        if url.username or url.password:
-            raise StoreError(
-                f"{url}: credentials never go in a bigtable:// URL; the client uses application default "
-                "credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud auth application-default login, or the "
-                "attached service account)"
-            )
-        parts = url.path.strip("/").split("/")
-        if not url.host or len(parts) != 2 or not all(parts):
-            raise StoreError(f"{url}: {usage}")
-        instance, table = parts
-        if not _INSTANCE_ID.match(instance):
-            raise StoreError(f"{url}: {instance!r} is not a Bigtable instance id; {usage}")
-        if not _TABLE_ID.match(table):
-            raise StoreError(f"{url}: {table!r} is not a Bigtable table id (letters, digits, '-', '_', '.')")
-        unknown = set(url.options) - _OPTIONS
-        if unknown:
-            raise StoreError(f"{url}: unknown option(s) {sorted(unknown)}; known: {sorted(_OPTIONS)}")
-        raw_timeout = url.option("timeout")
-        try:
-            timeout_s = float(raw_timeout) if raw_timeout else None
-        except ValueError:
-            raise StoreError(f"{url}: timeout must be a number of seconds") from None
-        if timeout_s is not None and timeout_s <= 0:
-            raise StoreError(f"{url}: timeout must be positive")
-        return cls(url.host, instance, table, url.option("app_profile") or None, timeout_s)
-
-    def timeout(self, default: float) -> float:
-        return self.timeout_s if self.timeout_s is not None else default
-
-    @property
-    def table_path(self) -> str:
-        return f"projects/{self.project}/instances/{self.instance}/tables/{self.table}"
-
 
 def version_prefix(version: str) -> bytes:
-    if not _VERSION_ID.match(version):
-        raise StoreError(f"invalid version id {version!r}")
-    return version.encode() + b"#"
+    """``<version>#``, the prefix of every data row of ``version`` (a bad id is a ``VersionError``)."""
+    return check_version(version).encode() + b"#"
 
 
 def record_row(version: str) -> bytes:
-    return RECORD_PREFIX + version_prefix(version)[:-1]
+    return RECORD_PREFIX + check_version(version).encode()
 
 
 def prefix_end(prefix: bytes) -> bytes:
     """The first row key after every key starting with ``prefix`` (which ends below 0xff here)."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def records_query() -> ReadRowsQuery:
+    """Every ``~record#`` row: one range scan, the version records and nothing else."""
+    return ReadRowsQuery(row_ranges=RowRange(RECORD_PREFIX, prefix_end(RECORD_PREFIX)))
+
+
+def records_of(rows: Iterable[Row]) -> dict[str, bytes]:
+    """``{version: record}`` from the rows of :func:`records_query` (a row without a record cell is skipped)."""
+    found = {bytes(r.row_key)[len(RECORD_PREFIX) :].decode(): first_cell(r, META_FAMILY, RECORD_COLUMN) for r in rows}
+    return {version: record for version, record in found.items() if record is not None}
+
+
+def batch_query(prefix: bytes, keys: Sequence[bytes]) -> ReadRowsQuery:
+    """The rows of ``keys`` under ``prefix``, each asked for once."""
+    # Never call this with no keys: ReadRows without keys or ranges scans the whole table.
+    return ReadRowsQuery(row_keys=[prefix + key for key in dict.fromkeys(keys)])
+
+
+def values_in_order(prefix: bytes, keys: Sequence[bytes], rows: Iterable[Row]) -> list[bytes | None]:
+    """One value per key of a :func:`batch_query`, in input order; a miss is ``None``."""
+    found = {bytes(row.row_key)[len(prefix) :]: first_cell(row, DATA_FAMILY, VALUE_COLUMN) for row in rows}
+    return [found.get(key) for key in keys]
 
 
 def encode_lease(owner: str, expires_ms: int) -> bytes:

@@ -10,13 +10,13 @@ holder that lost its lease can never delete its successor's.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 
-from google.api_core import exceptions as core_exceptions
-from google.cloud.bigtable.data import DeleteAllFromRow, Mutation, ReadRowsQuery, RowRange, SetCell, Table
+from google.cloud.bigtable.data import DeleteAllFromRow, Mutation, SetCell, Table
 from google.cloud.bigtable.data.row_filters import RowFilter
 
-from precompute.adapters.bigtable.client import TableMissing, errors
+from precompute.adapters.bigtable.errors import SDK_ERRORS, TableMissing, translated
 from precompute.adapters.bigtable.layout import (
     ALIAS_COLUMN,
     ALIAS_ROW,
@@ -25,26 +25,36 @@ from precompute.adapters.bigtable.layout import (
     LOCK_ROW,
     META_FAMILY,
     RECORD_COLUMN,
-    RECORD_PREFIX,
     column,
     column_equals,
     decode_lease,
     encode_lease,
     first_cell,
-    prefix_end,
     record_row,
+    records_of,
+    records_query,
     version_prefix,
 )
 from precompute.store import StoreError
+from precompute.store.retry import Backoff
 
-#: Swaps lost in a row before acquire gives up; each loss means another owner changed the lease.
-LOCK_TURNS = 10
+#: Taking the lock when a swap is lost: each loss means another owner changed the lease meanwhile, so the
+#: lease is read again after a short jittered pause (owners taking turns spread out instead of colliding
+#: again), until 10 swaps are lost in a row.
+LOCK_CONTENTION = Backoff(base_s=0.01, cap_s=0.2, deadline_s=5.0, max_attempts=10)
 
 
 class MetaRows:
-    def __init__(self, table: Table, timeout_s: float) -> None:
+    """The records, alias and lock rows of one table, through the data API only (no admin rights needed)."""
+
+    def __init__(self, table: Table, timeout_s: float, where: str) -> None:
+        #: The data API's table handle; tests wrap it to inject faults.
         self.table = table
         self.timeout_s = timeout_s
+        self.where = where
+
+    def _doing(self, what: str) -> AbstractContextManager[None]:
+        return translated(f"{what} in {self.where}")
 
     def _set(self, qualifier: bytes, value: bytes) -> SetCell:
         return SetCell(META_FAMILY, qualifier, value, CELL_TIMESTAMP)
@@ -68,7 +78,7 @@ class MetaRows:
     def table_exists(self) -> bool:
         """One data read, no admin call: the job needs no admin rights once the table is there."""
         try:
-            with errors("looking for the table"):
+            with self._doing("looking for the table"):
                 self.table.read_row(
                     ALIAS_ROW, row_filter=column(META_FAMILY, ALIAS_COLUMN), operation_timeout=self.timeout_s
                 )
@@ -76,9 +86,9 @@ class MetaRows:
             return False
         return True
 
-    def read(self, row: bytes, qualifier: bytes) -> bytes | None:
+    def read(self, row: bytes, qualifier: bytes, what: str) -> bytes | None:
         try:
-            with errors(f"reading {row.decode()}"):
+            with self._doing(what):
                 found = self.table.read_row(
                     row, row_filter=column(META_FAMILY, qualifier), operation_timeout=self.timeout_s
                 )
@@ -89,26 +99,22 @@ class MetaRows:
     # -- records ---------------------------------------------------------------------------------
 
     def put_record(self, version: str, record: bytes) -> None:
-        with errors(f"storing the record of {version}"):
+        with self._doing(f"storing the record of {version}"):
             self.table.mutate_row(
                 record_row(version), self._set(RECORD_COLUMN, record), operation_timeout=self.timeout_s
             )
 
     def records(self) -> dict[str, bytes]:
-        query = ReadRowsQuery(row_ranges=RowRange(RECORD_PREFIX, prefix_end(RECORD_PREFIX)))
         try:
-            with errors("listing version records"):
-                rows = self.table.read_rows(query, operation_timeout=self.timeout_s)
+            with self._doing("listing version records"):
+                rows = self.table.read_rows(records_query(), operation_timeout=self.timeout_s)
         except TableMissing:
             return {}
-        found = {
-            bytes(r.row_key)[len(RECORD_PREFIX) :].decode(): first_cell(r, META_FAMILY, RECORD_COLUMN) for r in rows
-        }
-        return {version: record for version, record in found.items() if record is not None}
+        return records_of(rows)
 
     def delete_record(self, version: str) -> None:
         try:
-            with errors(f"deleting the record of {version}"):
+            with self._doing(f"deleting the record of {version}"):
                 self.table.mutate_row(record_row(version), DeleteAllFromRow(), operation_timeout=self.timeout_s)
         except TableMissing:
             return
@@ -116,7 +122,7 @@ class MetaRows:
     # -- live alias ------------------------------------------------------------------------------
 
     def get_alias(self) -> str | None:
-        value = self.read(ALIAS_ROW, ALIAS_COLUMN)
+        value = self.read(ALIAS_ROW, ALIAS_COLUMN, "reading the live alias")
         return value.decode() if value is not None else None
 
     def swap_alias(self, expected: str | None, new: str) -> bool:
@@ -126,7 +132,7 @@ class MetaRows:
             if expected is None:  # only while there is no alias cell at all
                 return not self._swap(ALIAS_ROW, column(META_FAMILY, ALIAS_COLUMN), otherwise=write)
             return self._swap(ALIAS_ROW, column_equals(META_FAMILY, ALIAS_COLUMN, expected.encode()), if_matched=write)
-        except core_exceptions.GoogleAPIError as exc:
+        except SDK_ERRORS as exc:
             # CheckAndMutateRow is never retried (not idempotent), and a lost reply leaves unknown whether
             # the flip happened; the alias itself says.
             current = self.get_alias()
@@ -134,17 +140,17 @@ class MetaRows:
                 return True
             if current != expected:
                 return False
-            with errors("flipping the live alias"):
+            with self._doing("flipping the live alias"):
                 raise exc
 
     # -- run lock --------------------------------------------------------------------------------
 
     def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
-        for _ in range(LOCK_TURNS):
-            current = self.read(LOCK_ROW, LEASE_COLUMN)
+        for _attempt in LOCK_CONTENTION.delays():
+            current = self.read(LOCK_ROW, LEASE_COLUMN, "reading the run lock")
             now_ms = int(time.time() * 1000)
             lease = self._set(LEASE_COLUMN, encode_lease(owner, now_ms + int(ttl_s * 1000)))
-            with errors("taking the run lock"):
+            with self._doing("taking the run lock"):
                 if current is None:
                     taken = not self._swap(LOCK_ROW, column(META_FAMILY, LEASE_COLUMN), otherwise=lease)
                 else:
@@ -154,12 +160,14 @@ class MetaRows:
                     taken = self._swap(LOCK_ROW, column_equals(META_FAMILY, LEASE_COLUMN, current), if_matched=lease)
             if taken:
                 return None
-        raise StoreError(f"the run lock changed hands {LOCK_TURNS} times while it was being taken")
+        raise StoreError(
+            f"the run lock of {self.where} changed hands {LOCK_CONTENTION.max_attempts} times while it was being taken"
+        )
 
     def release_lock(self, owner: str) -> None:
-        current = self.read(LOCK_ROW, LEASE_COLUMN)
+        current = self.read(LOCK_ROW, LEASE_COLUMN, "reading the run lock")
         if current is None or decode_lease(current)[1] != owner:
             return
-        with errors("releasing the run lock"):
+        with self._doing("releasing the run lock"):
             # Only the exact lease we read: one that expired and was taken since stays with its new owner.
             self._swap(LOCK_ROW, column_equals(META_FAMILY, LEASE_COLUMN, current), if_matched=DeleteAllFromRow())

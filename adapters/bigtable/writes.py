@@ -8,8 +8,10 @@ UNAVAILABLE. A throttled entry (RESOURCE_EXHAUSTED), an ABORTED or INTERNAL one 
 first attempt. So :func:`write_rows` looks at every failed entry: transient ones are sent again, alone,
 with jittered exponential backoff; a permanent one (missing family, bad argument) fails the write at
 once; what is still failing when the backoff runs out is raised as :class:`~store.errors.WriteError`
-naming the keys. The batch job then never publishes the version, so a version is never served with
-rows missing.
+naming the keys (a :class:`~precompute.adapters.bigtable.errors.WriteUnavailable`, also a
+``StoreUnavailable``, when every one of them failed because the store could not be reached or kept
+throttling). The batch job then never publishes the version, so a version is never served with rows
+missing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from typing import Protocol
 
 from google.cloud.bigtable.data import FailedMutationEntryError, MutationsExceptionGroup, RowMutationEntry, SetCell
 
-from precompute.adapters.bigtable.client import is_transient, root_cause
+from precompute.adapters.bigtable.errors import (
+    SDK_ERRORS,
+    WriteUnavailable,
+    is_misconfigured,
+    is_transient,
+    is_unreachable,
+    root_cause,
+    translate,
+)
 from precompute.adapters.bigtable.layout import CELL_TIMESTAMP, DATA_FAMILY, VALUE_COLUMN
 from precompute.store import Item, WriteError
 from precompute.store.retry import Backoff
@@ -82,6 +92,9 @@ def write_rows(
             indices = [pending[i] for i in call]
             failures.update(_send(table, entries, indices, timeout_s))
         permanent = {i: exc for i, exc in failures.items() if not is_transient(exc)}
+        refused = next((exc for exc in permanent.values() if is_misconfigured(exc)), None)
+        if refused is not None:  # no credentials or no rights: a configuration to fix, not rows to name
+            raise translate(refused, f"writing {len(items)} rows to {where}") from refused
         if permanent:
             raise _error(items, permanent, f"{len(permanent)} of {len(items)} rows were refused by {where}")
         if not failures:
@@ -91,7 +104,8 @@ def write_rows(
         items,
         failures,
         f"{len(failures)} of {len(items)} rows still failed after {policy.max_attempts} attempts or "
-        f"{policy.deadline_s:.0f} s of retries against {where}",
+        f"{policy.deadline_s:g} s of retries against {where}",
+        unavailable=all(is_unreachable(exc) for exc in failures.values()),
     )
 
 
@@ -112,11 +126,16 @@ def _send(
                 return dict.fromkeys(indices, cause)
             failed[indices[position]] = cause
         return failed
+    except SDK_ERRORS as exc:  # the call failed as a whole: every entry of it is in doubt
+        return dict.fromkeys(indices, root_cause(exc))
     return {}
 
 
-def _error(items: Sequence[Item], failures: dict[int, BaseException], summary: str) -> WriteError:
+def _error(
+    items: Sequence[Item], failures: dict[int, BaseException], summary: str, unavailable: bool = False
+) -> WriteError:
     keys = [items[i][0] for i in sorted(failures)[:NAMED_KEYS]]
-    causes = sorted({f"{type(exc).__name__}: {exc}" for exc in failures.values()})[:5]
+    causes = sorted({f"{type(exc).__name__}: {' '.join(str(exc).split())}" for exc in failures.values()})[:5]
     shown = ", ".join(repr(k[:100]) for k in keys[:5])
-    return WriteError(f"{summary}; keys {shown}{' ...' if len(failures) > 5 else ''}; causes: {causes}", keys)
+    kind = WriteUnavailable if unavailable else WriteError
+    return kind(f"{summary}; keys {shown}{' ...' if len(failures) > 5 else ''}; causes: {causes}", keys)

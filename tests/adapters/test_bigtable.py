@@ -26,21 +26,13 @@ from google.cloud.bigtable.data import (
 )
 
 from precompute.adapters import open_backend, open_reader
-from precompute.adapters.bigtable import BigtableBackend, BigtableReader
-from precompute.adapters.bigtable.client import admin_client, close_admin, ensure_table
-from precompute.adapters.bigtable.layout import (
-    CELL_TIMESTAMP,
-    DATA_FAMILY,
-    META_FAMILY,
-    Location,
-    decode_lease,
-    encode_lease,
-    version_prefix,
-)
-from precompute.store import State, StoreError, StoreUnavailable, StoreURL, Versions, WriteError
+from precompute.adapters.bigtable import BigtableBackend
+from precompute.adapters.bigtable.client import admin_client, close_admin
+from precompute.adapters.bigtable.layout import CELL_TIMESTAMP, DATA_FAMILY, META_FAMILY, version_prefix
+from precompute.adapters.bigtable.options import Settings
+from precompute.store import State, StoreUnavailable, StoreURL, Versions, WriteError
 from precompute.store.codec import encode_key, encode_value
-from precompute.store.retry import Backoff, BackoffIterator
-from tests.servers import free_port
+from precompute.store.retry import Backoff
 
 # The SDK's exception constructors are untyped.
 api_errors: Any = core_exceptions
@@ -105,62 +97,15 @@ def stored(backend: BigtableBackend, version: str, data: list[tuple[bytes, bytes
     return [got == value for got, (_, value) in zip(found, data, strict=True)]
 
 
-# -- URL -------------------------------------------------------------------------------------------
-
-
-def test_url_names_project_instance_and_table_and_takes_options() -> None:
-    where = Location.from_url(StoreURL.parse("bigtable://my-proj/my-inst/Preds.v1?app_profile=batch&timeout=5"))
-    assert (where.project, where.instance, where.table) == ("my-proj", "my-inst", "Preds.v1")
-    assert where.app_profile == "batch"
-    assert where.timeout_s == 5.0
-    assert where.table_path == "projects/my-proj/instances/my-inst/tables/Preds.v1"
-
-
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("bigtable://user:secret@proj/inst/table", "credentials"),
-        ("bigtable://proj/inst", "PROJECT/INSTANCE/TABLE"),
-        ("bigtable://proj/inst/table/extra", "PROJECT/INSTANCE/TABLE"),
-        ("bigtable://proj/Inst_1/table", "instance id"),
-        ("bigtable://proj/inst/ta ble", "table id"),
-        ("bigtable://proj/inst/table?timout=3", "unknown option"),
-        ("bigtable://proj/inst/table?timeout=soon", "timeout"),
-    ],
-)
-def test_bad_urls_are_refused_with_the_reason(url: str, message: str) -> None:
-    with pytest.raises(StoreError, match=message) as caught:
-        Location.from_url(StoreURL.parse(url))
-    assert "secret" not in str(caught.value)
-
-
-def test_lookups_wait_less_than_the_batch_side_unless_the_url_says() -> None:
-    default = StoreURL.parse("bigtable://proj/inst/table")
-    assert Location.from_url(default).timeout_s is None
-    assert BigtableReader(default).timeout_s == 5.0
-    assert BigtableReader(StoreURL.parse("bigtable://proj/inst/table?timeout=12")).timeout_s == 12.0
-
-
-def test_lease_round_trips_and_sorts_by_expiry() -> None:
-    assert decode_lease(encode_lease("host:12:ab|c", 1_700_000_000_123)) == (1_700_000_000_123, "host:12:ab|c")
-    assert encode_lease("z", 999) < encode_lease("a", 1000)
-
-
-def test_version_prefixes_never_prefix_one_another() -> None:
-    assert not version_prefix("v10").startswith(version_prefix("v1"))
-    with pytest.raises(StoreError, match="invalid version"):
-        version_prefix("v1#x")
-
-
 # -- layout ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.server
 def test_table_is_created_with_a_one_version_gc_rule_on_both_families(backend: BigtableBackend) -> None:
     backend.create_version("v1")
-    admin = admin_client()
+    admin = admin_client(backend.settings)
     try:
-        table = admin.get_table(request={"name": backend.where.table_path})
+        table = admin.get_table(request={"name": backend.settings.table_path})
     finally:
         close_admin(admin)
     assert set(table.column_families) == {DATA_FAMILY, META_FAMILY}
@@ -172,8 +117,8 @@ def test_table_is_created_with_a_one_version_gc_rule_on_both_families(backend: B
 def test_an_existing_table_is_used_without_any_admin_call(
     bigtable_store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    where = Location.from_url(StoreURL.parse(bigtable_store_url))
-    admin = admin_client()
+    where = Settings.from_url(StoreURL.parse(bigtable_store_url))
+    admin = admin_client(where)
     try:  # made by an operator, as `cbt createtable T families=v:maxversions=1,m:maxversions=1` would
         family = {"gc_rule": {"max_num_versions": 1}}
         admin.create_table(
@@ -189,7 +134,7 @@ def test_an_existing_table_is_used_without_any_admin_call(
     def no_admin() -> None:
         raise AssertionError("an admin client was opened")
 
-    monkeypatch.setattr("precompute.adapters.bigtable.admin_client", no_admin)
+    monkeypatch.setattr("precompute.adapters.bigtable.backend.admin_client", no_admin)
     backend = open_backend(bigtable_store_url)
     versions = Versions(backend)
     record = versions.begin()
@@ -202,9 +147,9 @@ def test_an_existing_table_is_used_without_any_admin_call(
 
 
 @pytest.mark.server
-def test_a_table_that_appeared_without_our_families_gets_them(bigtable_store_url: str) -> None:
-    where = Location.from_url(StoreURL.parse(bigtable_store_url))
-    admin = admin_client()
+def test_a_table_that_appeared_without_our_families_gets_them(backend: BigtableBackend) -> None:
+    where = backend.settings
+    admin = admin_client(where)
     try:
         admin.create_table(
             request={
@@ -213,7 +158,7 @@ def test_a_table_that_appeared_without_our_families_gets_them(bigtable_store_url
                 "table": {"column_families": {"other": {}}},
             }
         )
-        ensure_table(admin, where)
+        backend.create_table()
         families = admin.get_table(request={"name": where.table_path}).column_families
     finally:
         close_admin(admin)
@@ -279,7 +224,7 @@ def test_dropping_a_version_is_one_admin_call_that_spares_the_rest(
     monkeypatch.setattr(admin, "drop_row_range", counting_drop)
     backend.drop_version("v1")
 
-    assert sent == [{"name": backend.where.table_path, "row_key_prefix": b"v1#"}]
+    assert sent == [{"name": backend.settings.table_path, "row_key_prefix": b"v1#"}]
     assert not any(stored(backend, "v1", rows(300, tag=1)))
     assert all(stored(backend, "v10", rows(300, tag=1)))
     assert all(stored(backend, "v1-x", rows(300, tag=1)))
@@ -314,7 +259,7 @@ class RecordedBackoff(Backoff):
 
     sleeps: list[float] = field(default_factory=list)
 
-    def delays(self, sleep: Callable[[float], None] = time.sleep) -> BackoffIterator:
+    def delays(self, sleep: Callable[[float], None] = time.sleep) -> Iterator[int]:
         return super().delays(self.sleeps.append)
 
 
@@ -446,47 +391,6 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_cannot_release_it(bac
     assert backend.acquire_lock("third", 30) is None
 
 
-# -- a store that is down ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def nothing_listening(monkeypatch: pytest.MonkeyPatch, bigtable_emulator: str) -> str:
-    """A store URL whose emulator address has no server behind it."""
-    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
-    return "bigtable://test-project/test-instance/down?timeout=1"
-
-
-@pytest.mark.server
-def test_a_lookup_on_a_store_that_is_down_fails_fast_as_unavailable(nothing_listening: str) -> None:
-    async def scenario() -> None:
-        reader = open_reader(nothing_listening)
-        try:
-            with pytest.raises(StoreUnavailable, match="live alias"):
-                await reader.get_alias()
-            with pytest.raises(StoreUnavailable):
-                await reader.get("v1", b"k")
-        finally:
-            await reader.aclose()
-
-    started = time.monotonic()
-    asyncio.run(scenario())
-    assert time.monotonic() - started < 20
-
-
-@pytest.mark.server
-def test_a_write_to_a_store_that_is_down_raises_instead_of_hanging(nothing_listening: str) -> None:
-    backend = open_backend(nothing_listening)
-    assert isinstance(backend, BigtableBackend)
-    backend.retry_policy = FAST
-    started = time.monotonic()
-    with pytest.raises(WriteError, match="3 of 3 rows still failed"):
-        backend.write("v1", rows(3))
-    with pytest.raises(StoreUnavailable):
-        backend.get_alias()
-    backend.close()
-    assert time.monotonic() - started < 30
-
-
 # -- clients ---------------------------------------------------------------------------------------
 
 
@@ -505,44 +409,6 @@ def test_backends_of_one_process_share_one_data_client(bigtable_store_url: str) 
     assert third.table.client is second.table.client
     second.close()
     third.close()
-
-
-@pytest.mark.server
-def test_reader_of_a_store_never_written_finds_nothing(bigtable_store_url: str) -> None:
-    async def scenario() -> None:
-        reader = open_reader(bigtable_store_url)
-        assert isinstance(reader, BigtableReader)
-        try:
-            assert await reader.get_alias() is None
-            assert await reader.get("v1", b"k") is None
-            assert await reader.get_many("v1", [b"a", b"b"]) == [None, None]
-            assert await reader.get_many("v1", []) == []
-        finally:
-            await reader.aclose()
-
-    asyncio.run(scenario())
-
-
-@pytest.mark.server
-def test_reader_reuses_one_client_across_lookups(bigtable_store_url: str, backend: BigtableBackend) -> None:
-    backend.create_version("v1")
-    data = rows(50)
-    backend.write("v1", data)
-
-    async def scenario() -> None:
-        reader = open_reader(bigtable_store_url)
-        assert isinstance(reader, BigtableReader)
-        try:
-            first = await reader.get("v1", data[0][0])
-            client = reader._client
-            results = await asyncio.gather(*(reader.get("v1", k) for k, _ in data))
-            assert first == data[0][1]
-            assert results == [v for _, v in data]
-            assert reader._client is client
-        finally:
-            await reader.aclose()
-
-    asyncio.run(scenario())
 
 
 def _write_share(url: str, version: str, start: int, count: int) -> int:

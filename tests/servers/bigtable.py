@@ -2,22 +2,32 @@
 
 The emulator keeps everything in memory (about 1.2 KiB a row), so each test's table is deleted when the
 test ends. Clients find it through ``BIGTABLE_EMULATOR_HOST``, set for the session and restored after.
+
+``bigtable_down_url`` (in ``DOWN_FIXTURES``) is a store whose emulator is not there: its URL names a
+loopback port that refuses connections with the ``emulator=`` option, so it changes no environment
+variable and the other Bigtable tests of the process keep their emulator.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.servers import free_port, missing, stop, wait_for_port
 
+if TYPE_CHECKING:  # the adapter imports the Bigtable SDK, which a test run without it never needs
+    from precompute.adapters.bigtable.options import Settings
+
 STORE_FIXTURES = ["bigtable_store_url"]
+DOWN_FIXTURES = ["bigtable_down_url"]
 
 PROJECT = "test-project"
 INSTANCE = "test-instance"
@@ -63,14 +73,14 @@ def bigtable_emulator() -> Iterator[str]:
         stop(proc)
 
 
-def drop_table(table: str) -> None:
+def drop_table(settings: Settings) -> None:
     from google.api_core import exceptions
 
     from precompute.adapters.bigtable.client import admin_client, close_admin
 
-    admin = admin_client()
+    admin = admin_client(settings)
     try:
-        admin.delete_table(request={"name": f"projects/{PROJECT}/instances/{INSTANCE}/tables/{table}"})
+        admin.delete_table(request={"name": settings.table_path})
     except exceptions.NotFound:
         pass
     finally:
@@ -80,6 +90,29 @@ def drop_table(table: str) -> None:
 @pytest.fixture
 def bigtable_store_url(bigtable_emulator: str) -> Iterator[str]:
     """A store on a table of its own; the table (and the emulator memory it holds) goes after the test."""
-    table = f"t-{uuid.uuid4().hex[:16]}"
-    yield f"bigtable://{PROJECT}/{INSTANCE}/{table}"
-    drop_table(table)
+    from precompute.adapters.bigtable.options import Settings
+    from precompute.store import StoreURL
+
+    url = f"bigtable://{PROJECT}/{INSTANCE}/t-{uuid.uuid4().hex[:16]}"
+    # Where it lives, read now: a test may point BIGTABLE_EMULATOR_HOST elsewhere before this is undone.
+    settings = Settings.from_url(StoreURL.parse(url))
+    yield url
+    drop_table(settings)
+
+
+@pytest.fixture
+def bigtable_down_url() -> Iterator[str]:
+    """A store whose emulator is down: every call gives up within about 3 s.
+
+    The port is bound and never listened on, so it refuses every connection for as long as the test
+    runs (a port merely found free could be taken by another process meanwhile). ``timeout=1`` bounds
+    each data call, client retries included; ``deadline=2`` bounds how long a bulk write resends.
+    """
+    try:
+        import google.cloud.bigtable  # noqa: F401
+    except ImportError:
+        missing("google-cloud-bigtable", "pip install 'precompute[bigtable]'")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        yield f"bigtable://{PROJECT}/{INSTANCE}/down?emulator=127.0.0.1:{port}&timeout=1&deadline=2"

@@ -1,6 +1,8 @@
 """Backends, chosen by the scheme of a store URL and imported lazily.
 
-Each adapter module holds one :class:`store.Backend` and one :class:`store.Reader` subclass; the table
+Memory and SQLite are single modules; every server backend is a package with the same modules
+(``options``, ``layout``, ``client``, ``errors``, ``writes``, ``meta``, ``backend``, ``reader``) that
+exports one :class:`~precompute.store.Backend` and one :class:`~precompute.store.Reader` subclass. The table
 below maps a scheme to "module:BackendClass:ReaderClass". Only the module a URL needs is imported, so a
 Redis user never imports the Bigtable SDK.
 """

@@ -32,7 +32,7 @@ EXAMPLE = ROOT / "examples/babyweight/precompute.toml"
 
 def config_for(tmp: Path, name: str, fine: bool) -> Path:
     text = EXAMPLE.read_text().replace('path = "model"', f'path = "{ROOT / "examples/babyweight/model"}"')
-    text = text.replace('url = "sqlite:///../../var/babyweight.db"', f'url = "sqlite:///{name}.db"')
+    text = text.replace('url = "sqlite:///var/babyweight.db"', f'url = "sqlite:///{name}.db"')
     if fine:  # 3 x 761 x 6 x 751 = 10,287,198 rows
         text = text.replace("stop = 50\nstep = 1", "stop = 50\nstep = 0.05").replace(
             "stop = 47\nstep = 1", "stop = 47\nstep = 0.04"

@@ -7,9 +7,10 @@ Exit codes, for schedulers (cron, Airflow, Kubernetes CronJobs):
     2  bad configuration or usage: fix the config, do not retry
     3  model missing or incompatible with the request space: do not retry
     4  another run holds the store's run lock: retry later
-    5  store unreachable or a write failed after retries: retry later
+    5  store or Ray cluster unreachable, or a write still failing after retries: retry later
     6  verification failed: the new version was not published
-    7  `get`: the key is not in the live version
+    7  `get`: not found (the key is outside the space or not in the live version, or nothing is published)
+    8  the store is full (out of memory or quota): free room or grow it, then run again
     130/143  interrupted (SIGINT/SIGTERM): the new version was dropped, nothing served changed
 """
 
@@ -21,6 +22,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +35,7 @@ from precompute.config import Config, ConfigError, load_config
 from precompute.model import ModelError
 from precompute.settings import document_schema
 from precompute.space import GridSpace, SpaceError
-from precompute.store import LockHeld, RunLock, StoreConfigError, StoreError, VersionError, Versions
+from precompute.store import LockHeld, RunLock, StoreConfigError, StoreError, StoreFull, VersionError, Versions
 
 log = logging.getLogger("precompute")
 
@@ -47,6 +49,7 @@ class Exit(IntEnum):
     STORE = 5
     VERIFY = 6
     NOT_FOUND = 7
+    FULL = 8
     SIGINT = 130
     SIGTERM = 143
 
@@ -82,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(Exit.STORE, f"Ray cluster unavailable: {exc}")
     except VersionError as exc:
         return _fail(Exit.CONFIG, str(exc))
+    except StoreFull as exc:
+        return _fail(Exit.FULL, f"store full: {exc}")
     except StoreError as exc:
         return _fail(Exit.STORE, f"store error: {exc}")
     except KeyboardInterrupt:
@@ -149,11 +154,35 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
+    host, port = args.host or config.serve.host, args.port or config.serve.port
+    busy = _cannot_listen(host, port)
+    if busy:
+        return _fail(
+            Exit.CONFIG,
+            f"cannot listen on {host}:{port} ({busy}). Fix: stop what uses it, or pick "
+            "another port with --port or [serve] port",
+        )
+    if config.serve.fallback != "off":
+        from precompute.model import tensorflow
+
+        tensorflow()  # a ModelError (exit 3) in one line now, not a traceback from the app's start-up
     from precompute.api.server import serve
 
     with contextlib.suppress(Terminated):  # uvicorn has finished the requests in flight: a normal stop
         serve(config, host=args.host, port=args.port)
     return Exit.OK
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (taken, not an address here), or None when it can."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _open(config: Config) -> Versions:
@@ -205,8 +234,8 @@ def _get(args: argparse.Namespace, config: Config) -> int:
     if isinstance(config.space, GridSpace):
         try:
             key = config.space.decode(key).key
-        except SpaceError as exc:
-            return _fail(Exit.CONFIG, str(exc))
+        except SpaceError as exc:  # malformed: a usage error (HTTP 400); outside the space: not found (404)
+            return _fail(Exit.CONFIG if exc.malformed else Exit.NOT_FOUND, str(exc))
 
     async def lookup() -> tuple[str | None, bytes | None]:
         reader = open_reader(config.store_url)
@@ -218,7 +247,7 @@ def _get(args: argparse.Namespace, config: Config) -> int:
 
     version, value = asyncio.run(lookup())
     if version is None:
-        return _fail(Exit.STORE, f"nothing is published in {config.store_url} yet")
+        return _fail(Exit.NOT_FOUND, f"nothing is published in {config.store_url} yet: run `precompute run` first")
     if value is None:
         return _fail(Exit.NOT_FOUND, f"key {key!r} is not in version {version}")
     print(f'{{"key":{json.dumps(key)},"prediction":{value.decode()},"model_version":"{version}"}}')

@@ -44,7 +44,8 @@ def fingerprint(path: Path) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def _tensorflow() -> Any:
+def tensorflow() -> Any:
+    """The ``tensorflow`` module, or a :class:`ModelError` that says how to install it."""
     try:
         import tensorflow as tf
     except ImportError as exc:
@@ -58,7 +59,7 @@ class Model:
     """A loaded signature of a SavedModel, called on named 1-D numpy arrays."""
 
     def __init__(self, path: Path, signature: str = "serving_default", outputs: tuple[str, ...] | None = None) -> None:
-        tf = _tensorflow()
+        tf = tensorflow()
         fingerprint(path)  # a clear error for a missing directory before TensorFlow's own
         try:
             loaded = tf.saved_model.load(str(path))

@@ -15,6 +15,11 @@ class StoreUnavailable(StoreError):
     """The store could not be reached (connection refused, timeout, DNS). Usually worth retrying later."""
 
 
+class StoreFull(StoreError):
+    """The store refuses writes because it is out of memory, space or quota (a full Redis under
+    ``noeviction``, a capacity limit): retrying as it is cannot help; free room or grow the store."""
+
+
 class StoreConfigError(StoreError, ValueError):
     """A store URL or option that cannot work (unknown option, bad value, unusable path).
 

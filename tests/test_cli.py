@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -142,3 +143,42 @@ def test_schema_needs_no_config_and_prints_the_files_json_schema(tmp_path: Path)
     assert schema["title"] == "precompute.toml"
     assert set(schema["properties"]) == {"model", "space", "store", "run", "serve"}
     assert schema["additionalProperties"] is False
+
+
+def test_get_and_serve_exit_codes_say_what_is_true(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/store.db"
+    assert cli("versions", "--config", str(EXAMPLE_CONFIG), store=store).returncode == 0  # an empty store
+    empty = cli("get", "--config", str(EXAMPLE_CONFIG), "True:25:Single(1):39", store=store)
+    assert empty.returncode == 7, empty.stderr  # the store answered: nothing is published
+    assert "nothing is published" in empty.stderr
+    outside = cli("get", "--config", str(EXAMPLE_CONFIG), "Maybe:25:Single(1):39", store=store)
+    assert outside.returncode == 7, outside.stderr  # HTTP says 404 for it too
+    assert "Maybe" in outside.stderr
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = cli("serve", "--config", str(EXAMPLE_CONFIG), "--port", str(port), store=store, timeout=60)
+    assert busy.returncode == 2, busy.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+    assert "Fix:" in busy.stderr
+
+
+def test_serve_with_the_fallback_and_no_tensorflow_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    hidden = tmp_path / "no-tensorflow"
+    (hidden / "tensorflow").mkdir(parents=True)
+    (hidden / "tensorflow" / "__init__.py").write_text("raise ImportError('No module named tensorflow')\n")
+    env = {
+        **os.environ,
+        "PRECOMPUTE_STORE": f"sqlite:///{tmp_path}/store.db",
+        "PRECOMPUTE_FALLBACK": "on",
+        "PYTHONPATH": os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", "")]),
+    }
+    args = [*CLI, "serve", "--config", str(EXAMPLE_CONFIG), "--port", str(free_port())]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "precompute: model error: TensorFlow is not installed: pip install 'precompute[cpu]' (or 'precompute[gpu]' "
+        "for CUDA)"
+    ]

@@ -77,7 +77,10 @@ class AsyncDynamoDB:
         if crc is not None and zlib.crc32(data) != crc:
             raise TransportError("response CRC32 mismatch")
         if status == 200:
-            answer: dict[str, Any] = json.loads(data)
+            try:
+                answer: dict[str, Any] = json.loads(data)
+            except ValueError as exc:  # a proxy's page, a cut-off body: no answer from DynamoDB
+                raise TransportError(f"unreadable answer: {data[:200]!r}") from exc
             return answer
         code, message = _error(data)
         if code == "ResourceNotFoundException":

@@ -127,7 +127,7 @@ def load_once(kind: str, endpoint: str, items: int, writers: int) -> float:
     backend = open_backend(url)
     assert isinstance(backend, DynamoDBBackend)
     backend.create_version("v")
-    table = backend.settings.version_table("v")
+    table = backend.layout.version_table("v")
     context = multiprocessing.get_context("spawn")
     go, done = context.Event(), context.Queue()
     share = -(-items // writers)
@@ -298,7 +298,7 @@ def bench_lookups(endpoint: str, items: int, runs: int, lookups: int) -> None:
     backend.create_version("v")
     rows = babyweight_rows(0, items)
     backend.write("v", rows)
-    table = backend.settings.version_table("v")
+    table = backend.layout.version_table("v")
     keys = [k for k, _ in rows]
     sample = [keys[(i * 7919) % len(keys)] for i in range(lookups)]
     batches = [[keys[(j * 104729 + i) % len(keys)] for i in range(100)] for j in range(max(20, lookups // 20))]
@@ -378,7 +378,7 @@ def bench_layout(endpoint: str, items: int, runs: int) -> None:
         probe = [rows[(i * 7919) % items][0] for i in range(1000)]
 
         backend.create_version("v1")
-        table = backend.settings.version_table("v1")
+        table = backend.layout.version_table("v1")
         figures.setdefault("per-version load", []).append(put_all(table, rows))
         figures.setdefault("per-version get", []).append(get_p50(table, probe))
         began = time.perf_counter()

@@ -1,4 +1,4 @@
-"""A lean asyncio client for the few DynamoDB calls the API makes (GetItem, BatchGetItem).
+"""A lean asyncio client for the few DynamoDB calls the API makes (GetItem, BatchGetItem, Query).
 
 DynamoDB's wire protocol is one signed JSON POST per call. This module sends it with aiohttp, signs it
 with botocore's own SigV4 signer and credentials (so the standard AWS credential chain, refresh of
@@ -19,31 +19,32 @@ this client (aiohttp)       0.47       3.79       0.31        3.23             2
 boto3's per-call CPU (parameter validation, the event hooks, the response parser) is the cost; a thread
 pool adds a hop per lookup on top. aiobotocore 3.10, measured in a separate environment, sat between
 (p50 0.8-1.2 ms, 0.6-1.1 ms CPU, ~850/s) and pins botocore below 1.43.118, older than the boto3 here.
+
+Failures are classified by the same table as boto3's (:mod:`.errors`): an error answer is a
+:class:`~.errors.ServiceError` with DynamoDB's code, no answer a :class:`~.errors.TransportError`; both
+are retried by ``Settings.lookup_backoff`` while transient, then translated into the store's errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import random
-import time
 import zlib
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
+import botocore.exceptions
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
-from precompute.adapters.dynamodb.options import RETRYABLE_CODES, Connection, Settings
-from precompute.store import StoreError, StoreUnavailable
+from precompute.adapters.dynamodb.client import Connection
+from precompute.adapters.dynamodb.errors import ServiceError, TableMissing, TransportError, is_retryable, translated
+from precompute.adapters.dynamodb.options import Settings
 
 _TARGET = "DynamoDB_20120810."
-
-
-class TableMissing(StoreError):
-    """The table does not exist (a version that was never written, or was dropped)."""
 
 
 class AsyncDynamoDB:
@@ -59,41 +60,32 @@ class AsyncDynamoDB:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # A lookup is on a user's request path: retry throttling briefly, then answer with an error.
-        self.deadline_s = min(settings.timeout_s, 3.0)
-        self.base_s = 0.01
-        self.cap_s = 0.25
+        self.backoff = settings.lookup_backoff
 
     async def call(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One call's answer, retried while it fails transiently; a missing table is :class:`TableMissing`,
+        every other failure the store's error for it (:mod:`.errors`)."""
         body = json.dumps(payload, separators=(",", ":")).encode()
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            error: StoreError
-            try:
-                status, data, crc = await self._send(operation, body)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                error, retryable = StoreUnavailable(f"DynamoDB {operation}: {type(exc).__name__}: {exc}"), True
-            else:
-                if crc is not None and zlib.crc32(data) != crc:
-                    error, retryable = StoreUnavailable(f"DynamoDB {operation}: response CRC mismatch"), True
-                elif status == 200:
-                    answer: dict[str, Any] = json.loads(data)
-                    return answer
-                else:
-                    code, message = _error(data)
-                    if code == "ResourceNotFoundException":
-                        raise TableMissing(message)
-                    retryable = code in RETRYABLE_CODES or status >= 500
-                    kind = StoreUnavailable if retryable else StoreError
-                    error = kind(f"DynamoDB {operation}: {code}: {message}")
-            attempt += 1
-            if not retryable or time.monotonic() - started >= self.deadline_s:
-                raise error
-            await asyncio.sleep(self.backoff(attempt))
+        with translated(f"DynamoDB {operation}"):
+            return await self.backoff.acall(functools.partial(self._attempt, operation, body), is_retryable)
 
-    def backoff(self, attempt: int) -> float:
-        """Full-jitter delay before retry number ``attempt`` (short: a user is waiting)."""
-        return random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+    async def _attempt(self, operation: str, body: bytes) -> dict[str, Any]:
+        try:
+            status, data, crc = await self._send(operation, body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc} ({self.url})") from exc
+        if crc is not None and zlib.crc32(data) != crc:
+            raise TransportError("response CRC32 mismatch")
+        if status == 200:
+            try:
+                answer: dict[str, Any] = json.loads(data)
+            except ValueError as exc:  # a proxy's page, a cut-off body: no answer from DynamoDB
+                raise TransportError(f"unreadable answer: {data[:200]!r}") from exc
+            return answer
+        code, message = _error(data)
+        if code == "ResourceNotFoundException":
+            raise TableMissing(message)
+        raise ServiceError(code, message, status)
 
     async def _send(self, operation: str, body: bytes) -> tuple[int, bytes, int | None]:
         request = AWSRequest(
@@ -113,7 +105,7 @@ class AsyncDynamoDB:
     async def _frozen_credentials(self) -> Any:
         credentials = self._credentials
         if credentials is None:
-            raise StoreError("DynamoDB: no AWS credentials found (environment, ~/.aws, profile=, or a role)")
+            raise botocore.exceptions.NoCredentialsError()  # translated with its fix, as boto3's would be
         # Refreshing temporary credentials is a blocking HTTP call: keep it off the event loop.
         refresh_needed = getattr(credentials, "refresh_needed", None)
         if refresh_needed is not None and refresh_needed():

@@ -10,11 +10,13 @@ cores is the limit there). The default of 8 is for AWS, where a request takes mi
 of 25 items keep a process busy on boto3's CPU (55-100 us per item) rather than waiting on the network.
 
 Whatever the server leaves in ``UnprocessedItems`` (or throttles outright) is sent again with
-exponential backoff and full jitter until it lands or the deadline passes; then the keys that did not
-land are raised in a :class:`~store.errors.WriteError` that names them. boto3's own batch writer, by
-contrast, re-sends unprocessed items at once with no backoff (feeding the throttling), and when a request
-finally raises, the items it carried are already out of its buffer with no record of which they were.
-Reads go the same way in 100-key BatchGetItem requests, ``UnprocessedKeys`` retried.
+exponential backoff and full jitter (``Settings.bulk_backoff``, :mod:`precompute.store.retry`) until it
+lands or the URL's ``deadline`` passes; then the keys that did not land are raised in a
+:class:`~store.errors.WriteError` that names them (an endpoint that stopped answering altogether is
+:class:`~store.errors.StoreUnavailable`, as for every other call). boto3's own batch writer, by contrast,
+re-sends unprocessed items at once with no backoff (feeding the throttling), and when a request finally
+raises, the items it carried are already out of its buffer with no record of which they were. Reads go
+the same way in 100-key BatchGetItem requests, ``UnprocessedKeys`` retried.
 """
 
 from __future__ import annotations
@@ -25,31 +27,22 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import botocore.exceptions
-
-from precompute.adapters.dynamodb.options import (
-    KEY_ATTR,
-    MAX_ITEM_BYTES,
-    MAX_KEY_BYTES,
-    VALUE_ATTR,
-    Settings,
+from precompute.adapters.dynamodb.errors import (
+    SDK_ERRORS,
+    TableMissing,
     error_code,
     is_retryable,
     translate,
+    unreachable,
 )
+from precompute.adapters.dynamodb.layout import KEY_ATTR, MAX_ITEM_BYTES, MAX_KEY_BYTES, VALUE_ATTR, item_size
+from precompute.adapters.dynamodb.options import Settings
 from precompute.store import Item, ItemTooLarge, StoreUnavailable, WriteError
-from precompute.store.retry import Backoff
 
 #: DynamoDB's limits per request: 25 puts in a BatchWriteItem, 100 keys in a BatchGetItem.
 WRITE_REQUEST_ITEMS = 25
 READ_REQUEST_KEYS = 100
 R = TypeVar("R")
-_BOTO_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
-
-
-def item_size(key: bytes, value: bytes) -> int:
-    """DynamoDB's size of one stored item: attribute names plus values."""
-    return len(KEY_ATTR) + len(key) + len(VALUE_ATTR) + len(value)
 
 
 def check_sizes(items: dict[bytes, bytes]) -> None:
@@ -96,8 +89,7 @@ class BatchIO:
         self.settings = settings
         self._pool = ThreadPoolExecutor(settings.write_threads, thread_name_prefix="precompute-dynamodb")
         self._limiter = RateLimiter(settings.write_rate) if settings.write_rate else None
-        # The deadline, not an attempt count, bounds the retries: throttling can last as long as a load.
-        self._backoff = Backoff(base_s=0.05, cap_s=2.0, deadline_s=settings.deadline_s, max_attempts=1_000_000)
+        self._backoff = settings.bulk_backoff
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -117,28 +109,36 @@ class BatchIO:
         if failed:
             raise WriteError(
                 f"{len(failed)} of {len(unique)} items did not land in DynamoDB table {table} after "
-                f"{self.settings.deadline_s:.0f} s of retries ({'; '.join(sorted(reasons))}); first keys: "
+                f"{self.settings.deadline_s:g} s of retries ({'; '.join(sorted(reasons))}); first keys: "
                 f"{', '.join(repr(k[:100]) for k in failed[:5])}",
                 failed[:500],
             )
 
     def _write_chunk(self, table: str, requests: list[dict[str, Any]]) -> tuple[list[bytes], str]:
+        """Send one request until every item landed; answer the keys that did not and why."""
+        what = f"BatchWriteItem into {table}"
         pending = requests
-        reason = ""
+        last: BaseException | None = None
         for _attempt in self._backoff.delays():
             if self._limiter is not None:
                 self._limiter.acquire(len(pending))
             try:
                 response = self.client.batch_write_item(RequestItems={table: pending})
-            except _BOTO_ERRORS as exc:
+            except SDK_ERRORS as exc:
                 if not is_retryable(exc):
-                    raise translate(exc, f"BatchWriteItem into {table}") from exc
-                reason = error_code(exc) or type(exc).__name__
+                    raise translate(exc, what) from exc
+                last = exc
                 continue
+            last = None
             pending = response.get("UnprocessedItems", {}).get(table, [])
             if not pending:
                 return [], ""
-            reason = "left unprocessed by the server"
+        if last is not None and unreachable(last):
+            # Not one answer at the end: an outage like any other call's, not items the server refused.
+            raise translate(
+                last, f"{what}: {len(pending)} items not written after {self.settings.deadline_s:g} s"
+            ) from last
+        reason = (error_code(last) or type(last).__name__) if last is not None else "left unprocessed by the server"
         return [bytes(r["PutRequest"]["Item"][KEY_ATTR]["B"]) for r in pending], reason
 
     # -- reads -----------------------------------------------------------------------------------
@@ -153,30 +153,36 @@ class BatchIO:
         return [found.get(key) for key in keys]
 
     def _read_chunk(self, table: str, keys: list[bytes], consistent: bool) -> dict[bytes, bytes]:
+        what = f"BatchGetItem from {table}"
         request: dict[str, Any] = {
             "Keys": [{KEY_ATTR: {"B": key}} for key in keys],
             "ConsistentRead": consistent,
             "ProjectionExpression": f"{KEY_ATTR}, {VALUE_ATTR}",
         }
         found: dict[bytes, bytes] = {}
+        last: BaseException | None = None
         for _attempt in self._backoff.delays():
             try:
                 response = self.client.batch_get_item(RequestItems={table: request})
-            except _BOTO_ERRORS as exc:
-                if error_code(exc) == "ResourceNotFoundException":
+            except SDK_ERRORS as exc:
+                error = translate(exc, what)
+                if isinstance(error, TableMissing):
                     return {}  # the version was never written or has been dropped
                 if not is_retryable(exc):
-                    raise translate(exc, f"BatchGetItem from {table}") from exc
+                    raise error from exc
+                last = exc
                 continue
+            last = None
             for item in response.get("Responses", {}).get(table, []):
                 found[bytes(item[KEY_ATTR]["B"])] = bytes(item[VALUE_ATTR]["B"])
             unprocessed = response.get("UnprocessedKeys", {}).get(table)
             if not unprocessed or not unprocessed.get("Keys"):
                 return found
             request = unprocessed
+        if last is not None:
+            raise translate(last, what) from last
         raise StoreUnavailable(
-            f"BatchGetItem from {table}: {len(request['Keys'])} keys still unprocessed after "
-            f"{self.settings.deadline_s:.0f} s of retries"
+            f"{what}: {len(request['Keys'])} keys still unprocessed after {self.settings.deadline_s:g} s of retries"
         )
 
     # -- plumbing --------------------------------------------------------------------------------

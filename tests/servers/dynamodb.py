@@ -5,9 +5,13 @@ The jar comes from ``make servers`` (scripts/fetch-dynamodb-local.sh) into var/d
 opens them (Ray workers included) needs nothing from the environment.
 
 :class:`FaultProxy` forwards DynamoDB's JSON protocol to the server and, as configured by the test,
-throttles requests (``ProvisionedThroughputExceededException``) or hands part of a batch back as
-``UnprocessedItems``/``UnprocessedKeys``, the partial failures real DynamoDB produces under load. It
-also checks every request's SigV4 signature the way AWS does, which DynamoDB Local itself never does.
+throttles requests (``ProvisionedThroughputExceededException``), hands part of a batch back as
+``UnprocessedItems``/``UnprocessedKeys`` (the partial failures real DynamoDB produces under load), or
+answers with any other error AWS sends (``AccessDeniedException``, ``InternalServerError``). It also
+checks every request's SigV4 signature the way AWS does, which DynamoDB Local itself never does.
+
+``DOWN_FIXTURES`` name stores whose endpoint cannot be reached: the contract suite checks that every call
+on them fails as ``StoreUnavailable``, quickly.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import importlib.util
 import json
 import os
 import random
+import socket
 import subprocess
 import threading
 import uuid
@@ -34,8 +39,11 @@ import pytest
 from tests.servers import ROOT, find_binary, free_port, missing, stop, wait_for_port
 
 STORE_FIXTURES = ["dynamodb_store_url", "dynamodb_faulty_store_url"]
+DOWN_FIXTURES = ["dynamodb_down_url"]
+#: Options of a store that must give up fast: 1 s per HTTP request, 2 s of retries per call.
+FAST_FAILURE = {"timeout": 1, "deadline": 2}
 REGION = "us-east-1"
-#: The secret behind ``credentials=placeholder`` (see adapters.dynamodb.options.PLACEHOLDER_KEY).
+#: The secret behind ``credentials=placeholder`` (see adapters.dynamodb.client.PLACEHOLDER_KEY).
 PLACEHOLDER_SECRET = "precomputelocal"
 INSTALL_HINT = "run `make servers` (needs npm and Java 17)"
 
@@ -61,6 +69,29 @@ def local_client(endpoint: str) -> Any:
     ).client("dynamodb", endpoint_url=endpoint)
 
 
+def table_names(client: Any, prefix: str) -> set[str]:
+    """The tables of the store with this prefix."""
+    names: set[str] = set()
+    for page in client.get_paginator("list_tables").paginate():
+        names.update(n for n in page["TableNames"] if n.startswith(prefix + "."))
+    return names
+
+
+def scan_table(endpoint: str, table: str) -> dict[bytes, bytes]:
+    """Everything in a version table, read with a plain boto3 client straight from the server."""
+    found: dict[bytes, bytes] = {}
+    for page in local_client(endpoint).get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+        for item in page["Items"]:
+            found[bytes(item["k"]["B"])] = bytes(item["v"]["B"])
+    return found
+
+
+def require_sdk() -> None:
+    for package in ("boto3", "aiohttp"):
+        if importlib.util.find_spec(package) is None:
+            missing(package, "pip install -e '.[dynamodb]'")
+
+
 def drop_tables(client: Any, prefix: str) -> None:
     names: list[str] = []
     for page in client.get_paginator("list_tables").paginate():
@@ -72,9 +103,7 @@ def drop_tables(client: Any, prefix: str) -> None:
 @pytest.fixture(scope="session")
 def dynamodb_local() -> Iterator[str]:
     """The endpoint URL of a DynamoDB Local server on a free loopback port."""
-    for package in ("boto3", "aiohttp"):
-        if importlib.util.find_spec(package) is None:
-            missing(package, "pip install -e '.[dynamodb]'")
+    require_sdk()
     folder = local_dir()
     if not (folder / "DynamoDBLocal.jar").exists():
         missing("DynamoDB Local", INSTALL_HINT)
@@ -117,6 +146,25 @@ def dynamodb_store_url(dynamodb_local: str, dynamodb_prefix: str) -> str:
     return store_url(dynamodb_prefix, dynamodb_local)
 
 
+@pytest.fixture
+def dynamodb_down_url() -> str:
+    """A store on a loopback port where nothing listens (connections are refused at once), with options
+    that make every call give up within about 3 s: each must then raise ``StoreUnavailable``."""
+    require_sdk()
+    return store_url(f"down{uuid.uuid4().hex[:8]}", f"http://127.0.0.1:{free_port()}", **FAST_FAILURE)
+
+
+@pytest.fixture
+def dynamodb_silent_url() -> Iterator[str]:
+    """A store on a port that takes connections and never answers: every request ends in a timeout."""
+    require_sdk()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)  # never accepted: the kernel completes the handshakes, nobody reads
+        port = listener.getsockname()[1]
+        yield store_url(f"silent{uuid.uuid4().hex[:8]}", f"http://127.0.0.1:{port}", **FAST_FAILURE)
+
+
 # -- fault injection ------------------------------------------------------------------------------
 
 
@@ -128,6 +176,11 @@ class Faults:
     throttle: float = 0.0
     #: Probability that each item or key of a batch request is handed back unprocessed.
     unprocessed: float = 0.0
+    #: (HTTP status, error code) every request of one of ``ops`` is answered with instead of being forwarded.
+    error: tuple[int, str] | None = None
+    #: How many requests of ``ops`` the server carries out and whose answer is then lost (the connection
+    #: closes before the reply): the client cannot tell whether they landed.
+    lose: int = 0
     ops: frozenset[str] = frozenset({"BatchWriteItem", "BatchGetItem", "GetItem"})
     seen: Counter[str] = field(default_factory=Counter)
     largest: Counter[str] = field(default_factory=Counter)
@@ -137,6 +190,13 @@ class Faults:
     def count(self, what: str, n: int = 1) -> None:
         with self.mutex:
             self.seen[what] += n
+
+    def take_loss(self) -> bool:
+        with self.mutex:
+            if self.lose <= 0:
+                return False
+            self.lose -= 1
+            return True
 
     def roll(self, probability: float) -> bool:
         with self.mutex:
@@ -178,9 +238,14 @@ class FaultProxy:
         operation = headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]
         faults = self.faults
         faults.count(operation)
+        # "Boto3/1.x ..." from boto3, "Python/3.x aiohttp/..." from the API's reader.
+        faults.count(f"{operation}@{headers.get('User-Agent', '?').split('/', 1)[0]}")
         if not verify_signature(request.command, request.path, headers, body, PLACEHOLDER_SECRET):
             faults.count("bad_signature")
             return self._reply(request, 400, _error("InvalidSignatureException", "signature does not match"))
+        if operation in faults.ops and faults.error is not None:
+            faults.count("failed")
+            return self._reply(request, faults.error[0], _error(faults.error[1], "injected failure"))
         if operation in faults.ops and faults.roll(faults.throttle):
             faults.count("throttled")
             return self._reply(request, 400, _error("ProvisionedThroughputExceededException", "injected throttling"))
@@ -198,6 +263,10 @@ class FaultProxy:
         else:
             forwarded = json.dumps(payload).encode() if withheld else body
             status, raw = self._forward(request.command, request.path, headers, forwarded)
+            if operation in faults.ops and faults.take_loss():
+                faults.count("lost")
+                request.close_connection = True  # done upstream, and no answer
+                return None
             if not withheld:
                 return self._reply(request, status, raw)
             answer = json.loads(raw)
@@ -299,6 +368,17 @@ def dynamodb_proxy(dynamodb_proxy_server: FaultProxy) -> Iterator[FaultProxy]:
     dynamodb_proxy_server.faults = Faults()
     yield dynamodb_proxy_server
     dynamodb_proxy_server.faults = Faults()
+
+
+@pytest.fixture
+def dynamodb_proxied(dynamodb_proxy: FaultProxy, dynamodb_prefix: str) -> Iterator[Any]:
+    """A ``DynamoDBBackend`` that talks to DynamoDB Local through the proxy (faults off until a test turns
+    them on), with a 30 s deadline."""
+    from precompute.adapters import open_backend
+
+    backend = open_backend(store_url(dynamodb_prefix, dynamodb_proxy.endpoint, deadline=30))
+    yield backend
+    backend.close()
 
 
 @pytest.fixture

@@ -1,0 +1,167 @@
+"""The meta table of a ``dynamodb://`` store: version records, the live alias and the run lock.
+
+The meta table ``PREFIX.meta`` (string keys ``pk``/``sk``) holds three kinds of item:
+
+* ``alias/live``: the live version, swapped with one conditional write, so a reader sees the old version
+  or the new one and nothing in between;
+* ``lock/run``: the run lock, taken with one conditional PutItem (absent, expired, or the same owner);
+  expiry compares the clocks of the machines that take it;
+* ``record/VERSION``: each version's record, listed with one Query.
+
+It is created on the first write to it and is always on demand: every API process polls the alias, and
+a provisioned meta table would be one more capacity number to get right for a few items.
+
+Every call is retried (``Settings.call_backoff``) when it fails transiently. A conditional write whose
+first attempt may have landed before its answer was lost is checked on refusal: a retried alias swap
+that finds the alias already at the new version has succeeded; a retried lock take is its own owner's
+renewal and passes its condition anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from precompute.adapters.dynamodb.client import call
+from precompute.adapters.dynamodb.errors import ConditionFailed, TableMissing
+from precompute.adapters.dynamodb.layout import (
+    ALIAS_KEY,
+    LOCK_KEY,
+    META_SCHEMA,
+    RECORD_ATTR,
+    RECORD_PK,
+    Tables,
+    record_key,
+)
+from precompute.store import StoreError
+from precompute.store.retry import Backoff
+
+
+class MetaTable:
+    """The alias, the run lock and the version records (see the module docstring)."""
+
+    def __init__(self, client: Any, table: str, tables: Tables, backoff: Backoff) -> None:
+        self.client = client
+        self.table = table
+        self.tables = tables
+        self.backoff = backoff
+        # A lock that changes hands between the refused PutItem and the GetItem that reads its holder.
+        self._handovers = Backoff(base_s=0.01, cap_s=0.1, deadline_s=backoff.deadline_s, max_attempts=5)
+
+    # -- version records -------------------------------------------------------------------------
+
+    def put_record(self, version: str, record: bytes) -> None:
+        self._call("put_item", create=True, Item={**record_key(version), RECORD_ATTR: {"B": record}})
+
+    def records(self) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        start: dict[str, Any] | None = None
+        while True:  # pages of the Query (1 MB each), not retries
+            query: dict[str, Any] = {
+                "KeyConditionExpression": "pk = :p",
+                "ExpressionAttributeValues": {":p": {"S": RECORD_PK}},
+                "ConsistentRead": True,
+            }
+            if start:
+                query["ExclusiveStartKey"] = start
+            page = self._call("query", create=False, **query)
+            if page is None:
+                return found
+            for item in page.get("Items", []):
+                found[item["sk"]["S"]] = bytes(item[RECORD_ATTR]["B"])
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return found
+
+    def delete_record(self, version: str) -> None:
+        self._call("delete_item", create=False, Key=record_key(version))
+
+    # -- live alias ------------------------------------------------------------------------------
+
+    def get_alias(self) -> str | None:
+        found = self._call("get_item", create=False, Key=ALIAS_KEY, ConsistentRead=True)
+        item = (found or {}).get("Item")
+        return str(item["version"]["S"]) if item else None
+
+    def swap_alias(self, expected: str | None, new: str) -> bool:
+        retried: list[BaseException] = []
+        try:
+            if expected is None:
+                self._call(
+                    "put_item",
+                    create=True,
+                    retried=retried,
+                    Item={**ALIAS_KEY, "version": {"S": new}},
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+            else:
+                self._call(
+                    "update_item",
+                    create=True,
+                    retried=retried,
+                    Key=ALIAS_KEY,
+                    UpdateExpression="SET #v = :new",
+                    ConditionExpression="#v = :expected",
+                    ExpressionAttributeNames={"#v": "version"},
+                    ExpressionAttributeValues={":new": {"S": new}, ":expected": {"S": expected}},
+                )
+        except ConditionFailed:
+            # Version ids are unique per run, so an alias already at ``new`` after a retry is our own write.
+            return bool(retried) and self.get_alias() == new
+        return True
+
+    # -- run lock --------------------------------------------------------------------------------
+
+    def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
+        for _attempt in self._handovers.delays():
+            now = time.time()
+            try:
+                self._call(
+                    "put_item",
+                    create=True,
+                    Item={**LOCK_KEY, "owner": {"S": owner}, "expires": {"N": f"{now + ttl_s:.6f}"}},
+                    ConditionExpression="attribute_not_exists(pk) OR #e < :now OR #o = :owner",
+                    ExpressionAttributeNames={"#e": "expires", "#o": "owner"},
+                    ExpressionAttributeValues={":now": {"N": f"{now:.6f}"}, ":owner": {"S": owner}},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+                return None
+            except ConditionFailed as failed:
+                holder = failed.item
+                if holder is None:  # a server that does not send the refusing item back
+                    holder = (self._call("get_item", create=False, Key=LOCK_KEY, ConsistentRead=True) or {}).get("Item")
+                if holder:
+                    return str(holder["owner"]["S"])
+                # Released between the two calls: try again.
+        raise StoreError("could not take or read the run lock: it changed hands five times in a row")
+
+    def release_lock(self, owner: str) -> None:
+        with contextlib.suppress(ConditionFailed):  # somebody else's lock, or none: nothing to release
+            self._call(
+                "delete_item",
+                create=False,
+                Key=LOCK_KEY,
+                ConditionExpression="#o = :owner",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":owner": {"S": owner}},
+            )
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _call(
+        self, method: str, create: bool, retried: list[BaseException] | None = None, **kwargs: Any
+    ) -> dict[str, Any] | None:
+        """``client.<method>`` on the meta table, retried and translated. A missing table is created first
+        when ``create``; otherwise the call answers ``None`` (nothing was ever published here). Each
+        transient failure that was retried is appended to ``retried``."""
+        send: Callable[..., dict[str, Any]] = getattr(self.client, method)
+        what = f"{method} on {self.table}"
+        try:
+            return call(self.backoff, what, lambda: send(TableName=self.table, **kwargs), retried)
+        except TableMissing:
+            if not create:
+                return None
+        self.tables.create(self.table, META_SCHEMA, provisioned=False)
+        return call(self.backoff, what, lambda: send(TableName=self.table, **kwargs), retried)

@@ -11,6 +11,7 @@ from precompute.store.errors import (
     UnknownBackend,
     VersionError,
     WriteError,
+    WriteUnavailable,
 )
 from precompute.store.url import StoreURL, URLOptions
 from precompute.store.versions import RunLock, State, VersionRecord, Versions, VersionView
@@ -35,4 +36,5 @@ __all__ = [
     "VersionView",
     "Versions",
     "WriteError",
+    "WriteUnavailable",
 ]

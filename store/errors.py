@@ -43,6 +43,14 @@ class WriteError(StoreError):
         self.failed_keys = failed_keys or []
 
 
+class WriteUnavailable(WriteError, StoreUnavailable):
+    """Items still not written after every retry because the store could not be reached (or kept throttling).
+
+    Both a :class:`WriteError` (it names the keys that did not land) and a :class:`StoreUnavailable` (an
+    outage: worth retrying later, exit 5).
+    """
+
+
 class ItemTooLarge(WriteError):
     """An item exceeds what the backend accepts for one value (checked before anything is sent)."""
 

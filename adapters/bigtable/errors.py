@@ -29,7 +29,7 @@ from google.api_core import exceptions as core_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud.bigtable.data.exceptions import MutationsExceptionGroup, RetryExceptionGroup
 
-from precompute.store import StoreConfigError, StoreError, StoreUnavailable, WriteError
+from precompute.store import StoreConfigError, StoreError, StoreUnavailable
 
 _from_grpc_error: Any = core_exceptions.from_grpc_error  # untyped in google-api-core
 
@@ -78,14 +78,6 @@ PERMISSION_FIX = (
 
 class TableMissing(StoreError):
     """The table does not exist (yet): nothing was ever written to this store."""
-
-
-class WriteUnavailable(WriteError, StoreUnavailable):
-    """Rows still failing after every retry because the store could not be reached or kept throttling.
-
-    Both a :class:`~precompute.store.errors.WriteError` (it names the keys) and a
-    :class:`~precompute.store.errors.StoreUnavailable` (an outage, worth retrying later).
-    """
 
 
 def root_cause(exc: BaseException) -> BaseException:

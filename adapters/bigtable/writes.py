@@ -8,7 +8,7 @@ UNAVAILABLE. A throttled entry (RESOURCE_EXHAUSTED), an ABORTED or INTERNAL one 
 first attempt. So :func:`write_rows` looks at every failed entry: transient ones are sent again, alone,
 with jittered exponential backoff; a permanent one (missing family, bad argument) fails the write at
 once; what is still failing when the backoff runs out is raised as :class:`~store.errors.WriteError`
-naming the keys (a :class:`~precompute.adapters.bigtable.errors.WriteUnavailable`, also a
+naming the keys (a :class:`~precompute.store.errors.WriteUnavailable`, also a
 ``StoreUnavailable``, when every one of them failed because the store could not be reached or kept
 throttling). The batch job then never publishes the version, so a version is never served with rows
 missing.
@@ -23,7 +23,6 @@ from google.cloud.bigtable.data import FailedMutationEntryError, MutationsExcept
 
 from precompute.adapters.bigtable.errors import (
     SDK_ERRORS,
-    WriteUnavailable,
     is_misconfigured,
     is_transient,
     is_unreachable,
@@ -31,7 +30,7 @@ from precompute.adapters.bigtable.errors import (
     translate,
 )
 from precompute.adapters.bigtable.layout import CELL_TIMESTAMP, DATA_FAMILY, VALUE_COLUMN
-from precompute.store import Item, WriteError
+from precompute.store import Item, WriteError, WriteUnavailable
 from precompute.store.retry import Backoff
 
 #: MutateRows takes at most 100,000 mutations and a few hundred MB; split well below the byte limit.

@@ -37,7 +37,7 @@ from precompute.adapters.dynamodb.errors import (
 )
 from precompute.adapters.dynamodb.layout import KEY_ATTR, MAX_ITEM_BYTES, MAX_KEY_BYTES, VALUE_ATTR, item_size
 from precompute.adapters.dynamodb.options import Settings
-from precompute.store import Item, ItemTooLarge, StoreUnavailable, WriteError
+from precompute.store import Item, ItemTooLarge, StoreUnavailable, WriteError, WriteUnavailable
 
 #: DynamoDB's limits per request: 25 puts in a BatchWriteItem, 100 keys in a BatchGetItem.
 WRITE_REQUEST_ITEMS = 25
@@ -133,13 +133,15 @@ class BatchIO:
             pending = response.get("UnprocessedItems", {}).get(table, [])
             if not pending:
                 return [], ""
+        keys = [bytes(r["PutRequest"]["Item"][KEY_ATTR]["B"]) for r in pending]
         if last is not None and unreachable(last):
             # Not one answer at the end: an outage like any other call's, not items the server refused.
-            raise translate(
-                last, f"{what}: {len(pending)} items not written after {self.settings.deadline_s:g} s"
+            cause = translate(last, what)
+            raise WriteUnavailable(
+                f"{len(pending)} items not written after {self.settings.deadline_s:g} s: {cause}", keys[:500]
             ) from last
         reason = (error_code(last) or type(last).__name__) if last is not None else "left unprocessed by the server"
-        return [bytes(r["PutRequest"]["Item"][KEY_ATTR]["B"]) for r in pending], reason
+        return keys, reason
 
     # -- reads -----------------------------------------------------------------------------------
 

@@ -75,7 +75,7 @@ SOCKET_FAILURES: dict[type[BaseException], Failure] = {
     ssl.SSLSyscallError: _UNREACHABLE,
     ssl.SSLError: Failure(
         StoreConfigError,
-        "failed the TLS handshake. Fix: rediss:// only for a port that speaks TLS (redis:// otherwise)",
+        "failed the TLS handshake. Fix: check that the port speaks TLS and takes a TLS version this client offers",
     ),
     TimeoutError: Failure(StoreUnavailable, "did not answer in time (options connect_timeout= and timeout=)"),
     OSError: _UNREACHABLE,  # refused, reset, no route, DNS

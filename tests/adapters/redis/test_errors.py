@@ -288,3 +288,23 @@ def test_every_socket_to_redis_has_keepalive_on(redis_factory: Callable[..., Red
     assert len(sockets) >= 3, sockets
     keepalive_timer = 2  # /proc/net/tcp's timer kinds: 0 none, 1 retransmit, 2 keepalive
     assert all(kind == keepalive_timer and when <= KEEPALIVE_IDLE_S + 1 for kind, when in sockets), sockets
+
+
+def test_a_refused_password_on_a_cluster_is_a_configuration_error_on_both_sides(
+    own_cluster: list[RedisProcess],
+) -> None:
+    url = f"redis+cluster://nobody:wrong@127.0.0.1:{own_cluster[0].port}?connect_timeout=0.5"
+    backend = open_backend(url)
+    with pytest.raises(StoreConfigError, match="refused the user name or password"):
+        backend.get_alias()  # redis-py's cluster client gives up on every node: the cause decides
+    backend.close()
+
+    async def read() -> None:
+        reader = open_reader(url)
+        try:
+            with pytest.raises(StoreConfigError, match=r"refused the user name or password.*WRONGPASS"):
+                await reader.get_alias()
+        finally:
+            await reader.aclose()
+
+    asyncio.run(read())

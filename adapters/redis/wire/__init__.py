@@ -1,4 +1,5 @@
-"""The Redis adapter's own transport, on hiredis and the standard library only (no redis-py).
+"""The Redis adapter's own transport, on hiredis and the standard library (no redis-py): it reads
+:class:`..options.RedisOptions` and raises the store's errors, nothing else of the adapter.
 
 * :mod:`.protocol`: packing, the connect handshake, cluster slots, and the one table of error replies;
 * :mod:`.sockets`: TCP keepalive, the TLS context, what socket failures mean, a blocking connect;

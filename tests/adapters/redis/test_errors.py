@@ -3,34 +3,28 @@
 On real servers, the redis-py side (RedisBackend) and the wire side (RedisReader, the bulk pipeline) must
 say the same thing for the same failure: a server where nothing listens is StoreUnavailable within
 seconds, a refused password, a refused ACL permission, a missing database, an untrusted certificate are
-StoreConfigError (fix the URL), a busy server is StoreUnavailable. Every socket has TCP keepalive on.
+StoreConfigError (fix the URL), a busy server is StoreUnavailable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-import uvloop
 from redis import exceptions
 
 from precompute.adapters import open_backend, open_reader
-from precompute.adapters.redis import RedisBackend
 from precompute.adapters.redis.errors import EXCEPTIONS, translate
 from precompute.adapters.redis.options import RedisOptions
 from precompute.adapters.redis.wire.lines import LinePipeline
 from precompute.adapters.redis.wire.protocol import REPLIES, pack, reply_error, reply_failure
-from precompute.adapters.redis.wire.sockets import KEEPALIVE_IDLE_S
 from precompute.adapters.redis.writes import BulkRunner
-from precompute.store import StoreConfigError, StoreError, StoreUnavailable, StoreURL, Versions, WriteError
+from precompute.store import StoreConfigError, StoreError, StoreUnavailable, StoreURL, WriteError
 from tests.adapters.redis.helpers import publish, rows
 from tests.servers import find_binary, free_port
 from tests.servers.redis import HINT, RedisProcess
@@ -244,50 +238,6 @@ def test_a_busy_server_is_unavailable_on_both_sides(busy: RedisProcess) -> None:
     asyncio.run(scenario())
     assert backend.get_alias() == version
     backend.close()
-
-
-# -- keepalive ---------------------------------------------------------------------------------------
-
-
-def client_sockets(port: int) -> list[tuple[int, float]]:
-    """(timer kind, seconds to its expiry) of every established TCP connection to 127.0.0.1:``port``."""
-    found = []
-    ticks = os.sysconf("SC_CLK_TCK")
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        remote, state, timer = fields[2], fields[3], fields[5]
-        if state == "01" and int(remote.split(":")[1], 16) == port:
-            kind, when = timer.split(":")
-            found.append((int(kind, 16), int(when, 16) / ticks))
-    return found
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the kernel's table of TCP connections")
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_every_socket_to_redis_has_keepalive_on(redis_factory: Callable[..., RedisProcess], loop: str) -> None:
-    server = redis_factory()
-    url = f"redis://127.0.0.1:{server.port}/0"
-    backend = open_backend(url)
-    assert isinstance(backend, RedisBackend)
-    versions = Versions(backend)
-    record = versions.begin(expected_rows=100)
-    backend.write(record.version, rows(100))  # the bulk pipeline's socket, and redis-py's for the layout
-
-    async def scenario() -> list[tuple[int, float]]:
-        reader = open_reader(url)
-        try:
-            await reader.get(record.version, b"k")  # the reader's socket
-            return client_sockets(server.port)
-        finally:
-            await reader.aclose()
-
-    factory: Any = uvloop.new_event_loop if loop == "uvloop" else None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        sockets = runner.run(scenario())
-    backend.close()
-    assert len(sockets) >= 3, sockets
-    keepalive_timer = 2  # /proc/net/tcp's timer kinds: 0 none, 1 retransmit, 2 keepalive
-    assert all(kind == keepalive_timer and when <= KEEPALIVE_IDLE_S + 1 for kind, when in sockets), sockets
 
 
 def test_a_refused_password_on_a_cluster_is_a_configuration_error_on_both_sides(

@@ -37,8 +37,8 @@ import redis
 from rows import babyweight_rows  # bench/rows.py, beside this script
 
 from precompute.adapters import open_backend, open_reader
-from precompute.adapters.redis.bulk import pack
 from precompute.adapters.redis.layout import ROWS_PER_BUCKET
+from precompute.adapters.redis.wire.protocol import pack
 from precompute.store import Versions
 from tests.servers import free_port
 
@@ -101,7 +101,7 @@ def _writer(url: str, version: str, start: int, end: int, ready: Any) -> None:
 
 def time_backend(url: str, n: int, writers: int) -> tuple[float, str]:
     backend = open_backend(url)
-    record = Versions(backend).begin({"expected_rows": n})
+    record = Versions(backend).begin(expected_rows=n)
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(writers + 1)
     bounds = [n * i // writers for i in range(writers + 1)]
@@ -209,14 +209,14 @@ def bench_gc(port: int, n: int, drops: int = 5) -> None:
     backend = open_backend(url)
     versions = Versions(backend)
     live_rows = babyweight_rows(0, 200_000)
-    live = versions.begin({"expected_rows": len(live_rows)})
+    live = versions.begin(expected_rows=len(live_rows))
     backend.write(live.version, live_rows)
     versions.mark_ready(live, len(live_rows))
     versions.publish(live)
     rows = babyweight_rows(0, n)
     doomed = []
     for _ in range(drops):  # several drops of the same size, so the p99 rests on enough lookups
-        record = versions.begin({"expected_rows": n})
+        record = versions.begin(expected_rows=n)
         for start in range(0, n, backend.max_write_batch):
             backend.write(record.version, rows[start : start + backend.max_write_batch])
         doomed.append(record.version)

@@ -15,11 +15,6 @@ class StoreUnavailable(StoreError):
     """The store could not be reached (connection refused, timeout, DNS). Usually worth retrying later."""
 
 
-class StoreFull(StoreError):
-    """The store refuses writes because it is out of memory, space or quota (a full Redis under
-    ``noeviction``, a capacity limit): retrying as it is cannot help; free room or grow the store."""
-
-
 class StoreConfigError(StoreError, ValueError):
     """A store URL or option that cannot work (unknown option, bad value, unusable path).
 
@@ -49,6 +44,12 @@ class WriteUnavailable(WriteError, StoreUnavailable):
     Both a :class:`WriteError` (it names the keys that did not land) and a :class:`StoreUnavailable` (an
     outage: worth retrying later, exit 5).
     """
+
+
+class StoreFull(WriteError):
+    """The store refuses writes because it is out of memory, space or quota (a full Redis under
+    ``noeviction``, a capacity limit). Retrying as it is cannot help: free room or grow the store (exit 8).
+    Names the keys that did not land, like every :class:`WriteError`."""
 
 
 class ItemTooLarge(WriteError):

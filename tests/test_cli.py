@@ -11,12 +11,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.precompute.conftest import EXAMPLE_CONFIG
 from tests.servers import free_port, wait_for_port
+from tests.servers.redis import RedisProcess
 
 pytestmark = pytest.mark.ray
 CLI = [sys.executable, "-m", "precompute.cli"]
@@ -182,3 +184,13 @@ def test_serve_with_the_fallback_and_no_tensorflow_is_one_line_and_exit_3(tmp_pa
         "precompute: model error: TensorFlow is not installed: pip install 'precompute[cpu]' (or 'precompute[gpu]' "
         "for CUDA)"
     ]
+
+
+def test_a_run_into_a_full_redis_is_exit_8_and_changes_nothing(redis_factory: Callable[..., RedisProcess]) -> None:
+    server = redis_factory("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
+    store = f"redis://127.0.0.1:{server.port}/0"
+    result = cli("run", "--config", str(EXAMPLE_CONFIG), store=store)
+    assert result.returncode == 8, result.stderr[-3000:]
+    assert "store full" in result.stderr
+    assert "maxmemory" in result.stderr
+    assert versions(store) == [] or all(not row["live"] for row in versions(store))

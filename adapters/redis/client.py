@@ -1,50 +1,46 @@
-"""Redis clients built from a store URL, and the translation of redis-py errors into store errors."""
+"""redis-py's synchronous clients (one server, or a Redis Cluster), built from :class:`RedisOptions`.
+
+The batch side uses them for single commands, scripts and SCAN: only redis-py's public API (the bulk
+path has its own sockets, :mod:`.wire.lines`). A client is created on first use, so opening a backend
+costs nothing and a cluster client's first read of the slot map happens inside a call (a write task's
+first call is retried like any other, :mod:`.writes`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import redis
 import redis.cluster
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    BusyLoadingError,
-    ClusterDownError,
-    OutOfMemoryError,
-    RedisClusterException,
-    RedisError,
-    TryAgainError,
-)
 from redis.retry import Retry
 
-from precompute.adapters.redis.layout import RedisOptions
-from precompute.store import StoreError, StoreUnavailable, WriteError
+from precompute.adapters.redis.errors import translated
+from precompute.adapters.redis.options import RedisOptions
+from precompute.adapters.redis.wire.sockets import keepalive_options, ssl_context
 
-#: Errors that mean "the server is not there right now" rather than "the request was wrong".
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    BusyLoadingError,
-    ClusterDownError,
-    TryAgainError,
-    RedisClusterException,
-    OSError,
-)
-#: Errors a best-effort cleanup (a topology refresh, closing a dead client) may swallow.
-QUIET: tuple[type[BaseException], ...] = (*UNAVAILABLE, RedisError)
+Client = redis.Redis | redis.cluster.RedisCluster
 
 
-def _common(o: RedisOptions) -> dict[str, Any]:
+def _kwargs(o: RedisOptions) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "username": o.username,
         "password": o.password,
         "socket_timeout": o.timeout_s,
         "socket_connect_timeout": o.connect_timeout_s,
+        "socket_keepalive": True,  # the probes of wire.sockets: a silently dead server is noticed
+        "socket_keepalive_options": keepalive_options(),
         "client_name": "precompute",
+        # RESP2, as the wire code speaks it (redis-py 8 defaults to RESP3): the same handshake (AUTH, not
+        # HELLO ... AUTH), so both sides meet the same replies, and the same reply shapes.
+        "protocol": 2,
+        # One immediate retry replaces a pooled connection that died with the server (a restart or a
+        # failover); anything longer is the caller's decision, so a dead server is reported at once.
+        "retry": Retry(NoBackoff(), 1),
     }
     if o.tls:
+        ssl_context(o)  # the CA file is checked now: a bad one is a StoreConfigError naming the option
         kwargs.update(
             ssl=True,
             ssl_cert_reqs=o.ssl_cert_reqs,
@@ -54,28 +50,41 @@ def _common(o: RedisOptions) -> dict[str, Any]:
     return kwargs
 
 
-# One immediate retry replaces a pooled connection that died with the server (a restart or a
-# failover); anything longer is the caller's decision, so a dead server is reported at once.
-def _one_retry() -> Retry:
-    return Retry(NoBackoff(), 1)
-
-
-def sync_client(o: RedisOptions) -> redis.Redis | redis.cluster.RedisCluster:
+def create_client(o: RedisOptions) -> Client:
+    """A new redis-py client; a cluster client reads the slot map here (so this can fail like any call)."""
     if o.cluster:
-        return redis.cluster.RedisCluster(host=o.host, port=o.port, retry=_one_retry(), **_common(o))
-    return redis.Redis(host=o.host, port=o.port, db=o.db, retry=_one_retry(), **_common(o))
+        return redis.cluster.RedisCluster(host=o.host, port=o.port, **_kwargs(o))
+    return redis.Redis(host=o.host, port=o.port, db=o.db, **_kwargs(o))
 
 
-@contextmanager
-def translated(where: str) -> Iterator[None]:
-    """Re-raise redis-py errors as the store's own (``where`` names the server in the message)."""
-    try:
-        yield
-    except StoreError:
-        raise
-    except OutOfMemoryError as exc:
-        raise WriteError(f"{where} is full (maxmemory reached): {exc}") from exc
-    except UNAVAILABLE as exc:
-        raise StoreUnavailable(f"{where} is unreachable: {exc}") from exc
-    except RedisError as exc:
-        raise StoreError(f"{where}: {exc}") from exc
+class SyncClient:
+    """One redis-py client and its registered Lua scripts, created on first use."""
+
+    def __init__(self, options: RedisOptions, where: str) -> None:
+        self.options = options
+        self.where = where
+        self._client: Client | None = None
+        self._scripts: dict[str, Callable[..., Any]] = {}
+
+    def get(self) -> Client:
+        if self._client is None:
+            with translated(self.where):
+                self._client = create_client(self.options)
+        return self._client
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.options.cluster
+
+    def script(self, source: str) -> Callable[..., Any]:
+        """``source`` registered once (redis-py sends EVALSHA, and the script itself only when missing)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.get().register_script(source)
+        return script
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        self._scripts.clear()
+        if client is not None:
+            client.close()

@@ -1,23 +1,25 @@
 """The Redis backend's read side for the API: pipelined asyncio connections, opened on first use.
 
-A lookup is one HGET; the live alias and each version's layout are read once and cached (versions are
-immutable), with :meth:`RedisReader.get_alias` warming the cache from the API's background refresh.
-A standalone server (Memorystore, ElastiCache without cluster mode) is read over one pipelined
-connection (:mod:`adapters.redis.wire.connection`), a Redis Cluster over one per primary, keys routed by slot
-(:mod:`adapters.redis.wire.cluster`).
+A lookup is one HGET (one round trip); the live alias and each version's layout are read once and cached
+(versions are immutable), with :meth:`RedisReader.get_alias` warming the cache from the API's background
+refresh. A standalone server (Memorystore, ElastiCache without cluster mode) is read over one pipelined
+connection that every lookup in flight shares (:mod:`.wire.connection`), a Redis Cluster over one per
+primary, keys routed by slot (:mod:`.wire.cluster`). A batch is one pipeline of HGETs (per node in
+Cluster mode: buckets spread over all slots).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 
-from precompute.adapters.redis.layout import Layout, RedisOptions, remember
+from precompute.adapters.redis.layout import Keys, Layout, remember
+from precompute.adapters.redis.options import RedisOptions
 from precompute.adapters.redis.wire.cluster import ClusterConnections
-from precompute.adapters.redis.wire.connection import Arg, PipelinedConnection, reply_error
+from precompute.adapters.redis.wire.connection import PipelinedConnection
+from precompute.adapters.redis.wire.protocol import Arg, reply_error
 from precompute.store import Reader, StoreURL
 
 
@@ -29,38 +31,46 @@ class RedisReader(Reader):
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
         self.options = RedisOptions.parse(url)
+        self.keys = Keys(self.options.prefix)
         self.where = f"Redis at {url.redacted()}"
         self._server = None if self.options.cluster else PipelinedConnection(self.options, self.where)
         self._cluster = ClusterConnections(self.options, self.where) if self.options.cluster else None
         self._layouts: dict[str, Layout] = {}
 
     async def _call(self, key: bytes, *command: Arg) -> Any:
+        """The reply of ``command``, which touches ``key`` (that routes it on a cluster)."""
         if self._server is not None:
             return await self._server.call(*command)
         assert self._cluster is not None
         return await self._cluster.call(key, command)
 
-    async def _layout(self, version: str) -> Layout | None:
+    async def layout(self, version: str) -> Layout | None:
+        """The bucketing of ``version`` (``None``: no such version), read once and cached."""
         layout = self._layouts.get(version)
         if layout is None:
-            key = self.options.layout_key(version)
+            key = self.keys.layout(version)
             raw = await self._call(key, "GET", key)
             if raw is None:
                 return None
-            layout = remember(self._layouts, version, Layout.from_bytes(self.options.version_prefix(version), raw))
+            layout = remember(self._layouts, version, Layout.from_bytes(self.keys.version(version), raw))
         return layout
 
     async def get_alias(self) -> str | None:
-        key = self.options.alias_key
+        key = self.keys.alias
         raw = await self._call(key, "GET", key)
         if raw is None:
             return None
         version: str = raw.decode()
-        await self._layout(version)  # warm, so the first lookup on a new version is one round trip too
+        await self.layout(version)  # warm, so the first lookup on a new version is one round trip too
         return version
 
+    async def records(self) -> dict[str, bytes]:
+        key = self.keys.records
+        flat: list[bytes] = await self._call(key, "HGETALL", key)  # field, value, field, value...
+        return {field.decode(): value for field, value in zip(flat[::2], flat[1::2], strict=True)}
+
     async def read_one(self, version: str, key: bytes) -> bytes | None:
-        layout = self._layouts.get(version) or await self._layout(version)
+        layout = self._layouts.get(version) or await self.layout(version)
         if layout is None:
             return None
         bucket = layout.key_of(key)
@@ -68,7 +78,7 @@ class RedisReader(Reader):
         return value
 
     async def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
-        layout = await self._layout(version)
+        layout = await self.layout(version)
         if layout is None or not keys:
             return [None] * len(keys)
         buckets = [layout.key_of(k) for k in keys]
@@ -80,20 +90,8 @@ class RedisReader(Reader):
             values = await self._cluster.call_many(buckets, commands)
         for value in values:
             if isinstance(value, hiredis.ReplyError):
-                raise reply_error(self.where, value)
+                raise reply_error(self.where, str(value))
         return values
-
-    async def records(self) -> dict[str, bytes]:
-        return await asyncio.to_thread(self._sync_records)
-
-    def _sync_records(self) -> dict[str, bytes]:
-        from precompute.adapters import open_backend
-
-        backend = open_backend(self.url)
-        try:
-            return backend.records()
-        finally:
-            backend.close()
 
     async def aclose(self) -> None:
         if self._server is not None:

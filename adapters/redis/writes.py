@@ -8,25 +8,50 @@ several fields much faster than several HSETs. Measured while choosing (the per-
 loading 4 M rows of a 10 M-row layout (208,334 buckets) in one run: one HSET per row 323 k rows/s;
 grouped, 200 k-row calls 375 k, 500 k-row calls 492 k, 1 M-row calls 589 k; ``redis-cli --pipe`` of
 one HSET per row 386 k.
+
+A load submits the next chunk before collecting the replies of the previous one, on the same
+connections (so the server applies them in order): the server works on one chunk while this process
+groups and packs the next, instead of each waiting for the other (:mod:`.wire.lines` sends and reads).
+
+Every store call of a write goes through the ``retry`` window (:class:`~precompute.store.retry.Backoff`),
+the first one included: the layout read (:meth:`BulkRunner.call`) as much as the commands
+(:meth:`BulkRunner.run`, which resends only what failed). A Redis that restarts within ``retry`` seconds
+costs a write task a pause, not the run.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
+from typing import TypeVar
 
 import numpy as np
 
-from precompute.adapters.redis.bulk import RETRYABLE, Command, LinePipeline, Ticket, hset_fields, pack
-from precompute.adapters.redis.client import UNAVAILABLE
 from precompute.adapters.redis.layout import Layout
-from precompute.store import Item, StoreUnavailable, WriteError
+from precompute.adapters.redis.wire.lines import Command, LinePipeline, Ticket
+from precompute.adapters.redis.wire.protocol import pack, reply_failure
+from precompute.store import Item, StoreConfigError, StoreUnavailable, WriteError
 from precompute.store.retry import Backoff
+
+T = TypeVar("T")
 
 #: Rows per piece: each piece goes out as soon as it is packed.
 PIECE = 4_096
 _FIELD = b"$%d\r\n%s\r\n$%d\r\n%s\r\n"
+
+
+def hset_fields(payload: bytes) -> list[bytes]:
+    """The fields (row keys) of a packed HSET, to name them in an error; other commands have none."""
+    args: list[bytes] = []
+    pos = payload.index(b"\r\n") + 2
+    while pos < len(payload):
+        end = payload.index(b"\r\n", pos)
+        start = end + 2
+        args.append(payload[start : start + int(payload[pos + 1 : end])])
+        pos = start + len(args[-1]) + 2
+    return args[2::2] if args[:1] == [b"HSET"] else []
 
 
 def hset_pieces(layout: Layout, items: Sequence[Item]) -> Iterator[list[Command]]:
@@ -67,58 +92,110 @@ def _with_expiry(piece: list[Command], at: bytes | None) -> list[Command]:
     return piece
 
 
+@dataclass
+class Pending:
+    """Commands submitted and not settled: the ticket to collect, or the replies collected early."""
+
+    commands: list[Command]
+    what: str
+    ticket: Ticket | None
+    lines: list[bytes] | None = None
+
+
 class BulkRunner:
     """Sends bulk commands, retries what is worth retrying, and turns the rest into store errors."""
 
-    def __init__(self, pipe: LinePipeline, where: str, retry_s: float, refresh: Callable[[], None]) -> None:
+    def __init__(self, pipe: LinePipeline, where: str, retry_s: float) -> None:
         self.pipe = pipe
         self.where = where
         self.retry_s = retry_s
-        self.refresh = refresh
+        # The deadline decides, not a count: a server restarting takes seconds of refused connects.
+        self.backoff = Backoff(base_s=0.05, cap_s=1.0, deadline_s=retry_s, max_attempts=1_000_000)
 
-    def submit(self, pieces: Iterable[list[Command]]) -> tuple[Ticket | None, list[Command]]:
-        """Send now, collect later (in order): (ticket, every command), ticket None if sending failed."""
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()``, one store call of a write (the layout read...), retried while the server is unavailable."""
+        try:
+            return self.backoff.call(fn, retry_on=lambda exc: isinstance(exc, StoreUnavailable))
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(
+                f"{exc}; still failing after {self.retry_s:g} s of retries (option retry=) while {what}"
+            ) from exc
+
+    def load(self, layout: Layout, items: Sequence[Item], chunk_rows: int, version: str) -> None:
+        """Write ``items`` in chunks of ``chunk_rows``, one chunk in flight while the next is packed."""
+        previous: Pending | None = None
+        try:
+            for start in range(0, len(items), chunk_rows):
+                chunk = items[start : start + chunk_rows]
+                current = self.submit(hset_pieces(layout, chunk), f"writing {len(chunk)} rows of version {version}")
+                if previous is not None:  # collected only now: the server applied it while we packed
+                    self.settle(previous, following=current)
+                previous = current
+            if previous is not None:
+                self.settle(previous)
+        except BaseException:
+            self.pipe.reset()  # a chunk may still be in flight: its replies must not answer later commands
+            raise
+
+    def submit(self, pieces: Iterable[list[Command]], what: str) -> Pending:
+        """Send now, settle later (in order). If sending fails, the commands are resent when settled."""
         sent: list[Command] = []
         stream = iter(pieces)
         try:
-            return self.pipe.submit(stream, sent), sent
-        except UNAVAILABLE:
+            return Pending(sent, what, self.pipe.submit(stream, sent))
+        except StoreUnavailable:
             for piece in stream:  # packed but not sent: settle() sends it all again
                 sent.extend(piece)
-            return None, sent
+            return Pending(sent, what, None)
 
-    def settle(self, ticket: Ticket | None, commands: list[Command], what: str) -> None:
-        lines = None
-        if ticket is not None:
+    def _collect(self, pending: Pending) -> list[bytes] | None:
+        if pending.ticket is not None:
+            ticket, pending.ticket = pending.ticket, None
             try:
-                lines = self.pipe.collect(ticket)
-            except UNAVAILABLE:
-                lines = None
-        self.run(commands, what, first=lines)
+                pending.lines = self.pipe.collect(ticket)
+            except StoreUnavailable:
+                pending.lines = None  # sent again in full when settled
+        return pending.lines
 
-    def run(self, commands: Sequence[Command], what: str, first: list[bytes] | None = None) -> list[bytes]:
+    def settle(self, pending: Pending, following: Pending | None = None) -> None:
+        """Check the replies of ``pending``, retrying what failed; ``following`` is the next chunk in flight."""
+        self.run(pending.commands, pending.what, first=self._collect(pending), drain=following)
+
+    def run(
+        self,
+        commands: Sequence[Command],
+        what: str,
+        first: list[bytes] | None = None,
+        drain: Pending | None = None,
+    ) -> list[bytes]:
         """Run commands, retrying lost connections and cluster moves for ``retry_s`` seconds.
 
-        ``first`` holds the replies of an attempt already made (a submitted chunk).
+        ``first`` holds the replies of an attempt already made (a submitted chunk). ``drain``, a chunk
+        still in flight on the same connections, is collected before anything is resent, so that its
+        replies are not read as the answers to the resent commands.
         """
         replies: list[bytes] = [b""] * len(commands)
         pending = list(range(len(commands)))
         last = ""
         lines = first
-        for _attempt in Backoff(base_s=0.05, cap_s=1.0, deadline_s=self.retry_s).delays():
+        for _attempt in self.backoff.delays():
             if lines is None:
+                if drain is not None:
+                    self._collect(drain)
+                    drain = None
                 try:
                     lines = self.pipe.run([commands[i] for i in pending])
-                except UNAVAILABLE as exc:
-                    last = str(exc) or type(exc).__name__
-                    self.refresh()
+                except StoreUnavailable as exc:
+                    last = str(exc)
+                    self.pipe.refresh()
                     continue
             again = []
             for i, line in zip(pending, lines, strict=True):
                 replies[i] = line
                 if line[:1] != b"-":
                     continue
-                if line.startswith(RETRYABLE):
+                failure = reply_failure(line[1:].decode(errors="replace"))
+                if failure is not None and failure.transient:  # MOVED, LOADING, a failover...
                     again.append(i)
                     continue
                 raise self._refused(what, line, commands, pending, lines)
@@ -126,20 +203,24 @@ class BulkRunner:
                 return replies
             last = replies[again[0]][1:].decode(errors="replace")
             pending, lines = again, None
-            self.refresh()
+            self.pipe.refresh()
         raise StoreUnavailable(
-            f"{self.where} failed while {what}, still failing after {self.retry_s:g} s of retries: {last}. "
+            f"{self.where} failed while {what}, still failing after {self.retry_s:g} s of retries "
+            f"(option retry=): {last}. "
             "The version is incomplete: it is never published, and `precompute gc` removes it."
         )
 
     def _refused(
         self, what: str, line: bytes, commands: Sequence[Command], pending: list[int], lines: list[bytes]
-    ) -> WriteError:
+    ) -> WriteError | StoreConfigError:
+        text = line[1:].decode(errors="replace")
+        failure = reply_failure(text)
+        if failure is not None and issubclass(failure.kind, StoreConfigError):  # NOPERM...: fix the URL
+            return StoreConfigError(f"{self.where} {failure.reason} ({text})")
         failed: list[bytes] = []
         for i, reply in zip(pending, lines, strict=True):
             if reply[:1] == b"-" and len(failed) < 200:
                 failed.extend(hset_fields(commands[i][1])[: 200 - len(failed)])
-        reason = line[1:].decode(errors="replace")
-        if line.startswith(b"-OOM"):
-            reason = f"the server is full (maxmemory reached; nothing more can be stored): {reason}"
-        return WriteError(f"{self.where} refused {what}: {reason}", failed)
+        reason = f"{failure.reason} ({text})" if failure is not None else text
+        kind = failure.kind if failure is not None and issubclass(failure.kind, WriteError) else WriteError
+        return kind(f"{self.where} refused {what}: {reason}", failed)

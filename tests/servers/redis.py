@@ -3,10 +3,12 @@
 Each test gets a fresh, empty store on them through a unique key prefix (``?prefix=t-<uuid>:``), which
 works the same on a cluster (no FLUSHALL across nodes) and lets tests run side by side on one server.
 ``redis_factory`` starts dedicated servers for the fault tests (killed, restarted, full).
+``redis_down_url`` (in ``DOWN_FIXTURES``) is a store URL where nothing answers, for the error contract.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +22,8 @@ import pytest
 from tests.servers import find_binary, free_port, missing, stop, wait_for_port
 
 STORE_FIXTURES = ["redis_store_url", "redis_cluster_store_url"]
+#: Store URLs on which every call must fail with StoreUnavailable, quickly (the error-translation contract).
+DOWN_FIXTURES = ["redis_down_url"]
 HINT = "apt-get install redis-server"
 
 
@@ -155,3 +159,21 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def redis_down_url() -> Iterator[str]:
+    """``redis://127.0.0.1:<closed port>/0`` with options that make every call give up within ~3 s.
+
+    The port is bound and never listened on, for the whole test, so connecting is refused at once and no
+    other process can take the port meanwhile. ``connect_timeout=0.5`` and ``timeout=1`` bound one
+    attempt, ``retry=2`` the write path's retries (the only calls that retry).
+    """
+    try:
+        import redis  # noqa: F401  (the adapter needs it to open the URL at all)
+    except ImportError:
+        missing("redis-py", "pip install 'precompute[redis]'")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        yield f"redis://127.0.0.1:{port}/0?timeout=1&connect_timeout=0.5&retry=2&prefix={fresh_prefix()}"

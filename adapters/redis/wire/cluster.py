@@ -16,13 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from precompute.adapters.redis.layout import RedisOptions
-from precompute.adapters.redis.wire.connection import Arg, ErrorReply, PipelinedConnection, reply_error
+from precompute.adapters.redis.options import RedisOptions
+from precompute.adapters.redis.wire.connection import PipelinedConnection
+from precompute.adapters.redis.wire.protocol import Address, Arg, key_slot, parse_slots, reply_error
 from precompute.store import StoreError, StoreUnavailable
 
-Address = tuple[str, int]
 #: Redirections one command follows before it gives up (a slot moves at most once or twice in a row).
 MAX_REDIRECTS = 5
 
@@ -74,14 +73,10 @@ class ClusterConnections:
         for address in known:
             try:
                 reply = await self._node(address).call("CLUSTER", "SLOTS")
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 failure = exc
                 continue
-            slots: list[Address | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
-            for start, end, primary, *_ in reply:
-                node = (primary[0].decode() or address[0], int(primary[1]))
-                slots[start : end + 1] = [node] * (end + 1 - start)
-            self._slots = slots
+            slots = self._slots = parse_slots(reply, address[0])
             return slots
         raise StoreUnavailable(f"{self.where}: no node answered CLUSTER SLOTS ({failure})")
 
@@ -105,18 +100,9 @@ class ClusterConnections:
 
     async def call(self, key: bytes, command: tuple[Arg, ...]) -> Any:
         """The reply of ``command``, which touches ``key``; an error reply raises."""
-        slots = self._slots or await self._slot_map()
-        try:
-            return await self._node(self._address(slots, key)).call(*command)
-        except ErrorReply as exc:
-            if redirection(exc.reply) is None:
-                raise
-        except StoreUnavailable:
-            self._reread_later()
-            raise
-        (reply,) = await self.call_many([key], [command])  # follows the redirection
+        (reply,) = await self.call_many([key], [command])  # follows a redirection
         if isinstance(reply, hiredis.ReplyError):
-            raise reply_error(self.where, reply)
+            raise reply_error(self.where, str(reply))
         return reply
 
     async def call_many(self, keys: Sequence[bytes], commands: Sequence[tuple[Arg, ...]]) -> list[Any]:

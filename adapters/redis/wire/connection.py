@@ -7,65 +7,32 @@ packed by hiredis, queued on one connection and answered by the C parser as repl
 answers a connection's commands in order, so a FIFO of futures pairs each reply with its caller
 (pipelining). The commands queued during one turn of the event loop leave in one ``send``.
 
-Only what the read side needs: single commands, pipelined batches, AUTH / SELECT / CLIENT SETNAME on
-connect, TLS. A lost connection fails the commands in flight with :class:`StoreUnavailable`; the next
-call reconnects, and a read sent on a connection that turned out dead is sent again once (reads are
-idempotent). A connection that answers nothing for ``timeout_s`` while commands wait is dropped.
+Only what the read side needs: single commands, pipelined batches, the handshake of
+:func:`.protocol.hello` (AUTH / SELECT / CLIENT SETNAME), TLS, TCP keepalive (:mod:`.sockets`). A lost
+connection fails the commands in flight with :class:`StoreUnavailable`; the next call reconnects, and a read
+sent on a connection that turned out dead is sent again once (reads are idempotent). A connection that
+answers nothing for ``timeout_s`` while commands wait is dropped. Error replies mean what the reply table
+says (:data:`.protocol.REPLIES`); socket failures what :data:`.sockets.SOCKET_FAILURES` says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
+import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
 
-from precompute.adapters.redis.layout import RedisOptions
-from precompute.store import StoreError, StoreUnavailable
-
-Arg = bytes | str | int
-
-
-def pack(command: tuple[Arg, ...]) -> bytes:
-    """One command in RESP, packed by hiredis (C)."""
-    packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub types a 1-tuple
-    return packed
-
-
-#: Replies of a server that cannot serve right now (rather than a wrong request).
-_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "NOAUTH", "WRONGPASS", "NOPERM", "TRYAGAIN", "CLUSTERDOWN")
+from precompute.adapters.redis.options import RedisOptions
+from precompute.adapters.redis.wire.protocol import Arg, hello, pack, reply_error
+from precompute.adapters.redis.wire.sockets import keepalive, socket_error, ssl_context
+from precompute.store import StoreUnavailable
 
 
 class ConnectionLost(StoreUnavailable):
     """The server closed the connection with commands in flight (they are worth sending once more)."""
-
-
-class ErrorReply(StoreError):
-    """Redis answered a command with an error (``reply``: hiredis's object, e.g. for a MOVED to follow)."""
-
-    def __init__(self, message: str, reply: hiredis.ReplyError) -> None:
-        super().__init__(message)
-        self.reply = reply
-
-
-def reply_error(where: str, reply: hiredis.ReplyError) -> StoreError:
-    text = str(reply)
-    if text.startswith(_UNAVAILABLE_REPLIES):
-        return StoreUnavailable(f"{where} cannot serve: {text}")
-    return ErrorReply(f"{where}: {text}", reply)
-
-
-def ssl_context(o: RedisOptions) -> ssl.SSLContext:
-    """The same checks redis-py makes for ``rediss://`` (``ssl_cert_reqs``, ``ssl_ca_certs``, hostname)."""
-    context = ssl.create_default_context(cafile=o.ssl_ca_certs)
-    context.check_hostname = o.ssl_check_hostname and o.ssl_cert_reqs != "none"
-    context.verify_mode = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}[
-        o.ssl_cert_reqs
-    ]
-    return context
 
 
 class _Pipe(asyncio.Protocol):
@@ -89,6 +56,9 @@ class _Pipe(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
+        sock: socket.socket | None = transport.get_extra_info("socket")
+        if sock is not None:  # asyncio's and uvloop's both expose setsockopt on it
+            keepalive(sock)
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
@@ -105,7 +75,7 @@ class _Pipe(asyncio.Protocol):
                 if future.done():  # its caller was cancelled; the reply was still owed
                     continue
                 if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(reply_error(self.where, reply))
+                    future.set_exception(reply_error(self.where, str(reply)))
                 else:
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
@@ -181,14 +151,14 @@ class PipelinedConnection:
         self._opening: asyncio.Future[_Pipe] | None = None
 
     async def call(self, *args: Arg) -> Any:
-        """One command's reply (an error reply raises)."""
-        return await self._send(pack(args), 0)
+        """One command's reply (an error reply raises the store error the reply table names)."""
+        return await self._send(pack(*args), 0)
 
     async def call_many(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
         """The replies of ``commands``, sent as one pipeline; an error reply is returned in its place."""
         if not commands:
             return []
-        replies: list[Any] = await self._send(b"".join(pack(c) for c in commands), len(commands))
+        replies: list[Any] = await self._send(b"".join(pack(*c) for c in commands), len(commands))
         return replies
 
     async def _send(self, packed: bytes, count: int) -> Any:
@@ -210,30 +180,27 @@ class PipelinedConnection:
     async def _connect(self) -> _Pipe:
         o = self.options
         pipe: _Pipe | None = None
+        context = ssl_context(o) if o.tls else None
         try:
             async with asyncio.timeout(o.connect_timeout_s):
                 _, pipe = await asyncio.get_running_loop().create_connection(
-                    lambda: _Pipe(self.where, o.timeout_s), o.host, o.port, ssl=ssl_context(o) if o.tls else None
+                    lambda: _Pipe(self.where, o.timeout_s), o.host, o.port, ssl=context
                 )
-                hello: list[tuple[Arg, ...]] = []
-                if o.password is not None:
-                    hello.append(("AUTH", o.username, o.password) if o.username else ("AUTH", o.password))
-                if o.db:
-                    hello.append(("SELECT", o.db))
-                hello.append(("CLIENT", "SETNAME", "precompute"))
-                replies = await pipe.request(b"".join(pack(c) for c in hello), len(hello))
+                commands = hello(o)
+                replies = await pipe.request(b"".join(pack(*c) for c in commands), len(commands))
             refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]
-            if refused:
-                raise StoreUnavailable(f"{self.where} refused the connection: {refused[0]}")
+            if refused:  # a password the server does not take, a database it does not have...
+                raise reply_error(self.where, str(refused[0]))
         except BaseException as exc:
             if pipe is not None:
                 pipe.close()
             if isinstance(exc, TimeoutError):
                 raise StoreUnavailable(
-                    f"{self.where} is unreachable: not connected within {o.connect_timeout_s:g} s"
+                    f"{self.where} is unreachable: not connected within {o.connect_timeout_s:g} s "
+                    "(option connect_timeout=)"
                 ) from None
-            if isinstance(exc, OSError | ssl.SSLError):
-                raise StoreUnavailable(f"{self.where} is unreachable: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise socket_error(self.where, exc) from exc
             raise
         old, self._pipe = self._pipe, pipe
         if old is not None:

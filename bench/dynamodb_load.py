@@ -120,13 +120,18 @@ def _writer(kind: str, url: str, endpoint: str, table: str, start: int, stop: in
     done.put(time.perf_counter() - began)
 
 
-def load_once(kind: str, endpoint: str, items: int, writers: int) -> float:
-    """Items/s of one load of ``items`` into a fresh version table by ``writers`` processes."""
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    url = store_url(prefix, endpoint)
+def fresh_store(endpoint: str) -> tuple[str, DynamoDBBackend]:
+    """A new store (its own table prefix) on ``endpoint``, with an empty version ``v``."""
+    url = store_url(f"bench{uuid.uuid4().hex[:8]}", endpoint)
     backend = open_backend(url)
     assert isinstance(backend, DynamoDBBackend)
     backend.create_version("v")
+    return url, backend
+
+
+def load_once(kind: str, endpoint: str, items: int, writers: int) -> float:
+    """Items/s of one load of ``items`` into a fresh version table by ``writers`` processes."""
+    url, backend = fresh_store(endpoint)
     table = backend.layout.version_table("v")
     context = multiprocessing.get_context("spawn")
     go, done = context.Event(), context.Queue()
@@ -291,11 +296,7 @@ def lookup_clients(url: str, endpoint: str, table: str, version: str) -> dict[st
 
 
 def bench_lookups(endpoint: str, items: int, runs: int, lookups: int) -> None:
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    url = store_url(prefix, endpoint)
-    backend = open_backend(url)
-    assert isinstance(backend, DynamoDBBackend)
-    backend.create_version("v")
+    url, backend = fresh_store(endpoint)
     rows = babyweight_rows(0, items)
     backend.write("v", rows)
     table = backend.layout.version_table("v")

@@ -73,32 +73,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         return handler(args, config)
-    except ConfigError as exc:
-        return _fail(Exit.CONFIG, f"configuration error: {exc}")
-    except StoreConfigError as exc:
-        return _fail(Exit.CONFIG, str(exc))
-    except ModelError as exc:
-        return _fail(Exit.MODEL, f"model error: {exc}")
-    except LockHeld as exc:
-        return _fail(Exit.LOCKED, f"refused: {exc}")
-    except ClusterUnavailable as exc:
-        return _fail(Exit.STORE, f"Ray cluster unavailable: {exc}")
-    except VersionError as exc:
-        return _fail(Exit.CONFIG, str(exc))
-    except StoreFull as exc:
-        return _fail(Exit.FULL, f"store full: {exc}")
-    except StoreError as exc:
-        return _fail(Exit.STORE, f"store error: {exc}")
-    except KeyboardInterrupt:
-        return _fail(Exit.SIGINT, "interrupted")
-    except Terminated:
-        return _fail(Exit.SIGTERM, "terminated")
-    except Exception as exc:
-        from precompute.run import VerificationFailed
+    except BaseException as exc:
+        failure = _failure(exc)
+        if failure is None:
+            raise  # a bug: exit 1 with the traceback
+        return _fail(*failure)
 
-        if isinstance(exc, VerificationFailed):
-            return _fail(Exit.VERIFY, f"verification failed, nothing was published: {exc}")
-        raise
+
+#: What each error means to a scheduler, first match wins: (error, exit code, how its message starts).
+FAILURES: tuple[tuple[type[BaseException], Exit, str], ...] = (
+    (ConfigError, Exit.CONFIG, "configuration error: "),
+    (StoreConfigError, Exit.CONFIG, ""),
+    (ModelError, Exit.MODEL, "model error: "),
+    (LockHeld, Exit.LOCKED, "refused: "),
+    (ClusterUnavailable, Exit.STORE, "Ray cluster unavailable: "),
+    (VersionError, Exit.CONFIG, ""),
+    (StoreFull, Exit.FULL, "store full: "),
+    (StoreError, Exit.STORE, "store error: "),
+    (KeyboardInterrupt, Exit.SIGINT, "interrupted"),
+    (Terminated, Exit.SIGTERM, "terminated"),
+)
+
+
+def _failure(exc: BaseException) -> tuple[Exit, str] | None:
+    """The exit code and message for ``exc``, or None for an error no table entry explains (a bug)."""
+    for kind, code, prefix in FAILURES:
+        if isinstance(exc, kind):
+            return code, prefix + str(exc)
+    from precompute.run import VerificationFailed  # the batch side, imported only when a run failed
+
+    if isinstance(exc, VerificationFailed):
+        return Exit.VERIFY, f"verification failed, nothing was published: {exc}"
+    return None
 
 
 def _fail(code: Exit, message: str) -> int:

@@ -27,6 +27,54 @@ Item = tuple[bytes, bytes]
 """One row of a version: (encoded key, encoded value)."""
 
 
+class Meta(ABC):
+    """The small, strongly consistent part of a store: version records, the live alias and the run lock.
+
+    A server backend implements it in its ``meta.py`` and sets it as :attr:`Backend.meta`.
+    """
+
+    # -- version records -------------------------------------------------------------------------
+
+    @abstractmethod
+    def put_record(self, version: str, record: bytes) -> None:
+        """Store the metadata record of ``version`` (JSON from :mod:`store.versions`), replacing any."""
+
+    @abstractmethod
+    def records(self) -> dict[str, bytes]:
+        """Every stored version record, by version id."""
+
+    @abstractmethod
+    def delete_record(self, version: str) -> None:
+        """Forget the record of ``version``. Idempotent."""
+
+    # -- live alias ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def get_alias(self) -> str | None:
+        """The live version id, or ``None`` before the first publish."""
+
+    @abstractmethod
+    def swap_alias(self, expected: str | None, new: str) -> bool:
+        """Atomically point the alias at ``new`` if it still points at ``expected``.
+
+        Returns False, changing nothing, when somebody else moved it first.
+        """
+
+    # -- run lock --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
+        """Take the run lock for ``ttl_s`` seconds.
+
+        Returns ``None`` on success (also when ``owner`` already holds it, which renews it), or the
+        current holder's owner string when somebody else holds an unexpired lock.
+        """
+
+    @abstractmethod
+    def release_lock(self, owner: str) -> None:
+        """Release the lock if ``owner`` holds it; otherwise do nothing."""
+
+
 class Backend(ABC):
     """Synchronous side of a backend: data writes, version records, the live alias and the run lock."""
 
@@ -43,6 +91,9 @@ class Backend(ABC):
     #: Most write tasks worth running at once (``None``: no limit). A single-writer store says 1, so that
     #: Ray does not start tasks that would only queue on its lock.
     max_writers: ClassVar[int | None] = None
+
+    #: Records, alias and lock, where the backend keeps them in a :class:`Meta` of its own.
+    meta: Meta
 
     def __init__(self, url: StoreURL) -> None:
         self.url = url
@@ -107,46 +158,36 @@ class Backend(ABC):
         """Rows stored in ``version``, or ``None`` where counting would mean a full scan."""
         return None
 
-    # -- version records -------------------------------------------------------------------------
+    # -- version records, live alias, run lock: delegated to .meta ------------------------------
+    # Server backends keep these in their meta.py (a Meta); the embedded ones override them directly.
 
-    @abstractmethod
     def put_record(self, version: str, record: bytes) -> None:
-        """Store the metadata record of ``version`` (JSON from :mod:`store.versions`), replacing any."""
+        """See :meth:`Meta.put_record`."""
+        self.meta.put_record(version, record)
 
-    @abstractmethod
     def records(self) -> dict[str, bytes]:
-        """Every stored version record, by version id."""
+        """See :meth:`Meta.records`."""
+        return self.meta.records()
 
-    @abstractmethod
     def delete_record(self, version: str) -> None:
-        """Forget the record of ``version``. Idempotent."""
+        """See :meth:`Meta.delete_record`."""
+        self.meta.delete_record(version)
 
-    # -- live alias ------------------------------------------------------------------------------
-
-    @abstractmethod
     def get_alias(self) -> str | None:
-        """The live version id, or ``None`` before the first publish."""
+        """See :meth:`Meta.get_alias`."""
+        return self.meta.get_alias()
 
-    @abstractmethod
     def swap_alias(self, expected: str | None, new: str) -> bool:
-        """Atomically point the alias at ``new`` if it still points at ``expected``.
+        """See :meth:`Meta.swap_alias`."""
+        return self.meta.swap_alias(expected, new)
 
-        Returns False, changing nothing, when somebody else moved it first.
-        """
-
-    # -- run lock --------------------------------------------------------------------------------
-
-    @abstractmethod
     def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
-        """Take the run lock for ``ttl_s`` seconds.
+        """See :meth:`Meta.acquire_lock`."""
+        return self.meta.acquire_lock(owner, ttl_s)
 
-        Returns ``None`` on success (also when ``owner`` already holds it, which renews it), or the
-        current holder's owner string when somebody else holds an unexpired lock.
-        """
-
-    @abstractmethod
     def release_lock(self, owner: str) -> None:
-        """Release the lock if ``owner`` holds it; otherwise do nothing."""
+        """See :meth:`Meta.release_lock`."""
+        self.meta.release_lock(owner)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Optional."""

@@ -37,29 +37,28 @@ class Backoff:
         delay = random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
         return min(delay, max(0.0, self.deadline_s - elapsed))
 
+    def _pauses(self, started: float) -> Iterator[float]:
+        """The pause before each next attempt, measured from ``started``, while attempts and time remain."""
+        attempt = 1
+        while (pause := self.delay(attempt, time.monotonic() - started)) is not None:
+            yield pause
+            attempt += 1
+
     def delays(self, sleep: Callable[[float], None] = time.sleep) -> Iterator[int]:
         """Attempt numbers from 1, sleeping between them, until attempts or the deadline run out."""
-        started = time.monotonic()
-        attempt = 1
-        while True:
-            yield attempt
-            pause = self.delay(attempt, time.monotonic() - started)
-            if pause is None:
-                return
+        pauses = self._pauses(time.monotonic())
+        yield 1
+        for attempt, pause in enumerate(pauses, start=2):
             sleep(pause)
-            attempt += 1
+            yield attempt
 
     async def adelays(self) -> AsyncIterator[int]:
         """:meth:`delays` for async code: the pauses are ``asyncio.sleep``."""
-        started = time.monotonic()
-        attempt = 1
-        while True:
-            yield attempt
-            pause = self.delay(attempt, time.monotonic() - started)
-            if pause is None:
-                return
+        pauses = self._pauses(time.monotonic())
+        yield 1
+        for attempt, pause in enumerate(pauses, start=2):
             await asyncio.sleep(pause)
-            attempt += 1
+            yield attempt
 
     def call(self, fn: Callable[[], T], retry_on: Callable[[BaseException], bool]) -> T:
         """``fn()``, retried while it raises an error that ``retry_on`` accepts; the last error is raised."""

@@ -64,6 +64,8 @@ class BigtableBackend(Backend):
     # Bigtable takes cells up to 100 MiB but advises at most 10 MB per cell; a prediction is ~100 bytes.
     max_value_bytes = 10 * 1024 * 1024
 
+    meta: MetaRows
+
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
         self.settings = Settings.from_url(url)
@@ -168,20 +170,11 @@ class BigtableBackend(Backend):
         except TableMissing:
             return  # no table, so no rows
 
-    # -- version records, alias, lock: see adapters.bigtable.meta ---------------------------------
+    # -- records, alias, lock: .meta (Backend delegates), the table made on the first driver-side write --
 
     def put_record(self, version: str, record: bytes) -> None:
         self._ensure_table()
         self.meta.put_record(version, record)
-
-    def records(self) -> dict[str, bytes]:
-        return self.meta.records()
-
-    def delete_record(self, version: str) -> None:
-        self.meta.delete_record(version)
-
-    def get_alias(self) -> str | None:
-        return self.meta.get_alias()
 
     def swap_alias(self, expected: str | None, new: str) -> bool:
         self._ensure_table()
@@ -190,9 +183,6 @@ class BigtableBackend(Backend):
     def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
         self._ensure_table()
         return self.meta.acquire_lock(owner, ttl_s)
-
-    def release_lock(self, owner: str) -> None:
-        self.meta.release_lock(owner)
 
     def close(self) -> None:
         # The data client is the process's, closed at exit; only this backend's own parts go here.

@@ -36,6 +36,7 @@ from precompute.adapters.bigtable.layout import (
     version_prefix,
 )
 from precompute.store import StoreError
+from precompute.store.backend import Meta
 from precompute.store.retry import Backoff
 
 #: Taking the lock when a swap is lost: each loss means another owner changed the lease meanwhile, so the
@@ -44,7 +45,7 @@ from precompute.store.retry import Backoff
 LOCK_CONTENTION = Backoff(base_s=0.01, cap_s=0.2, deadline_s=5.0, max_attempts=10)
 
 
-class MetaRows:
+class MetaRows(Meta):
     """The records, alias and lock rows of one table, through the data API only (no admin rights needed)."""
 
     def __init__(self, table: Table, timeout_s: float, where: str) -> None:

@@ -48,7 +48,7 @@ class DynamoDBBackend(Backend):
         self.client: Any = connection(self.settings).client
         self._batch = BatchIO(self.client, self.settings)
         self._tables = Tables(self.client, self.settings)
-        self._meta = MetaTable(self.client, self.layout.meta_table, self._tables, self.settings.call_backoff)
+        self.meta = MetaTable(self.client, self.layout.meta_table, self._tables, self.settings.call_backoff)
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -73,29 +73,6 @@ class DynamoDBBackend(Backend):
 
     def drop_version(self, version: str) -> None:
         self._tables.drop(self.layout.version_table(version))
-
-    # -- version records, alias, lock: the meta table --------------------------------------------
-
-    def put_record(self, version: str, record: bytes) -> None:
-        self._meta.put_record(version, record)
-
-    def records(self) -> dict[str, bytes]:
-        return self._meta.records()
-
-    def delete_record(self, version: str) -> None:
-        self._meta.delete_record(version)
-
-    def get_alias(self) -> str | None:
-        return self._meta.get_alias()
-
-    def swap_alias(self, expected: str | None, new: str) -> bool:
-        return self._meta.swap_alias(expected, new)
-
-    def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
-        return self._meta.acquire_lock(owner, ttl_s)
-
-    def release_lock(self, owner: str) -> None:
-        self._meta.release_lock(owner)
 
     def close(self) -> None:
         # The client is shared by every backend of this process; only the write threads are ours.

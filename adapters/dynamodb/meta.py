@@ -36,10 +36,11 @@ from precompute.adapters.dynamodb.layout import (
     record_key,
 )
 from precompute.store import StoreError
+from precompute.store.backend import Meta
 from precompute.store.retry import Backoff
 
 
-class MetaTable:
+class MetaTable(Meta):
     """The alias, the run lock and the version records (see the module docstring)."""
 
     def __init__(self, client: Any, table: str, tables: Tables, backoff: Backoff) -> None:

@@ -24,8 +24,8 @@ from typing import Any
 
 from precompute.adapters.redis.client import SyncClient
 from precompute.adapters.redis.errors import translated
-from precompute.adapters.redis.layout import Keys, Layout, remember
-from precompute.adapters.redis.meta import Meta
+from precompute.adapters.redis.layout import Layout, remember
+from precompute.adapters.redis.meta import RedisMeta
 from precompute.adapters.redis.options import RedisOptions
 from precompute.adapters.redis.wire.lines import Command, LinePipeline
 from precompute.adapters.redis.wire.protocol import pack
@@ -54,10 +54,9 @@ class RedisBackend(Backend):
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
         self.options = RedisOptions.parse(url)
-        self.keys = Keys(self.options.prefix)
-        self.where = f"Redis at {url.redacted()}"
+        self.keys, self.where = self.options.keys, f"Redis at {url.redacted()}"
         self.client = SyncClient(self.options, self.where)
-        self.meta = Meta(self.client, self.keys, self.where)
+        self.meta = RedisMeta(self.client, self.keys, self.where)
         self.bulk = BulkRunner(LinePipeline(self.options, self.where), self.where, self.options.retry_s)
         self._layouts: dict[str, Layout] = {}
 
@@ -164,29 +163,6 @@ class RedisBackend(Backend):
             lines = self.bulk.run([(k, pack(b"HLEN", k)) for k in keys], f"counting version {version}")
             total += sum(int(line[1:]) for line in lines)
         return total
-
-    # -- version records, live alias, run lock: .meta --------------------------------------------
-
-    def put_record(self, version: str, record: bytes) -> None:
-        self.meta.put_record(version, record)
-
-    def records(self) -> dict[str, bytes]:
-        return self.meta.records()
-
-    def delete_record(self, version: str) -> None:
-        self.meta.delete_record(version)
-
-    def get_alias(self) -> str | None:
-        return self.meta.get_alias()
-
-    def swap_alias(self, expected: str | None, new: str) -> bool:
-        return self.meta.swap_alias(expected, new)
-
-    def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
-        return self.meta.acquire_lock(owner, ttl_s)
-
-    def release_lock(self, owner: str) -> None:
-        self.meta.release_lock(owner)
 
     def close(self) -> None:
         self.client.close()

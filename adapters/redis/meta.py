@@ -12,6 +12,7 @@ from typing import Any
 from precompute.adapters.redis.client import SyncClient
 from precompute.adapters.redis.errors import translated
 from precompute.adapters.redis.layout import Keys
+from precompute.store.backend import Meta
 
 SWAP_ALIAS = """
 local current = redis.call('GET', KEYS[1])
@@ -37,7 +38,7 @@ return 0
 """
 
 
-class Meta:
+class RedisMeta(Meta):
     """The records, alias and lock primitives of :class:`~precompute.store.backend.Backend`."""
 
     def __init__(self, client: SyncClient, keys: Keys, where: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from precompute.adapters.redis.layout import MAX_BUCKETS
+from precompute.adapters.redis.layout import MAX_BUCKETS, Keys
 from precompute.store import StoreConfigError, StoreURL
 
 SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
@@ -42,6 +42,11 @@ class RedisOptions:
     ssl_ca_certs: str | None
     ssl_cert_reqs: str
     ssl_check_hostname: bool
+
+    @property
+    def keys(self) -> Keys:
+        """The names of this store's keys (under its prefix)."""
+        return Keys(self.prefix)
 
     @classmethod
     def parse(cls, url: StoreURL) -> RedisOptions:

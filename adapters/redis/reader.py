@@ -15,7 +15,7 @@ from typing import Any
 
 import hiredis
 
-from precompute.adapters.redis.layout import Keys, Layout, remember
+from precompute.adapters.redis.layout import Layout, remember
 from precompute.adapters.redis.options import RedisOptions
 from precompute.adapters.redis.wire.cluster import ClusterConnections
 from precompute.adapters.redis.wire.connection import PipelinedConnection
@@ -31,8 +31,7 @@ class RedisReader(Reader):
     def __init__(self, url: StoreURL) -> None:
         super().__init__(url)
         self.options = RedisOptions.parse(url)
-        self.keys = Keys(self.options.prefix)
-        self.where = f"Redis at {url.redacted()}"
+        self.keys, self.where = self.options.keys, f"Redis at {url.redacted()}"
         self._server = None if self.options.cluster else PipelinedConnection(self.options, self.where)
         self._cluster = ClusterConnections(self.options, self.where) if self.options.cluster else None
         self._layouts: dict[str, Layout] = {}

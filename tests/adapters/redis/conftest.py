@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from precompute.adapters import open_backend
 from precompute.adapters.redis import RedisBackend
 from tests.servers import find_binary, free_port
 from tests.servers.redis import RedisProcess, create_cluster, redis_binary
+from tests.store.helpers import opened
 
 
 @pytest.fixture(params=["redis_store_url", "redis_cluster_store_url"], ids=["redis", "redis_cluster"])
@@ -21,10 +21,7 @@ def url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def backend(url: str) -> Iterator[RedisBackend]:
-    b = open_backend(url)
-    assert isinstance(b, RedisBackend)
-    yield b
-    b.close()
+    yield from opened(url, RedisBackend)
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ from rows import babyweight_rows  # noqa: E402  (bench/rows.py, beside this scri
 from precompute.adapters import open_backend, open_reader  # noqa: E402
 from precompute.adapters.dynamodb import DynamoDBBackend  # noqa: E402
 from tests.servers import free_port, stop, wait_for_port  # noqa: E402
-from tests.servers.dynamodb import local_dir, store_url  # noqa: E402
+from tests.servers.dynamodb import create_key_table, local_dir, store_url  # noqa: E402
 
 REGION = "us-east-1"
 KEY = "precomputelocal"  # DynamoDB Local takes any letters-and-digits key pair
@@ -388,12 +388,7 @@ def bench_layout(endpoint: str, items: int, runs: int) -> None:
         figures.setdefault("per-version drop requests", []).append(3)  # DescribeTable, DeleteTable, DescribeTable
 
         shared = f"{prefix}.shared"
-        client.create_table(
-            TableName=shared,
-            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "B"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_key_table(client, shared)
         old = [(b"v0\x00" + k, v) for k, v in rows]  # the version that stays
         put_all(shared, old)
         new = [(b"v1\x00" + k, v) for k, v in rows]

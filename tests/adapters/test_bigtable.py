@@ -30,9 +30,10 @@ from precompute.adapters.bigtable import BigtableBackend
 from precompute.adapters.bigtable.client import admin_client, close_admin
 from precompute.adapters.bigtable.layout import CELL_TIMESTAMP, DATA_FAMILY, META_FAMILY, version_prefix
 from precompute.adapters.bigtable.options import Settings
-from precompute.store import State, StoreUnavailable, StoreURL, Versions, WriteError
+from precompute.store import Reader, State, StoreUnavailable, StoreURL, Versions, WriteError
 from precompute.store.codec import encode_key, encode_value
 from precompute.store.retry import Backoff
+from tests.store.helpers import published, with_reader
 
 # The SDK's exception constructors are untyped.
 api_errors: Any = core_exceptions
@@ -316,10 +317,7 @@ def test_a_permanent_refusal_fails_at_once_without_retries(backend: BigtableBack
 def test_a_run_whose_rows_fail_is_never_published(bigtable_store_url: str, backend: BigtableBackend) -> None:
     versions = Versions(backend)
     old = rows(400)
-    live = versions.begin()
-    backend.write(live.version, old)
-    versions.mark_ready(live, len(old))
-    versions.publish(live)
+    live = published(versions, old)
 
     new = rows(400, tag=0.5)
     record = versions.begin()
@@ -331,20 +329,16 @@ def test_a_run_whose_rows_fail_is_never_published(bigtable_store_url: str, backe
     versions.abort(record, str(caught.value))
     backend.table = real
 
-    assert backend.get_alias() == live.version
+    assert backend.get_alias() == live
     assert versions.get(record.version).state is State.FAILED
     assert not any(stored(backend, record.version, new))  # the rows that did land were dropped with it
 
-    async def served() -> list[bytes | None]:
-        reader = open_reader(bigtable_store_url)
-        try:
-            version = await reader.get_alias()
-            assert version == live.version
-            return await reader.get_many(version, [k for k, _ in new])
-        finally:
-            await reader.aclose()
+    async def served(reader: Reader) -> list[bytes | None]:
+        version = await reader.get_alias()
+        assert version == live
+        return await reader.get_many(version, [k for k, _ in new])
 
-    assert asyncio.run(served()) == [v for _, v in old]
+    assert with_reader(bigtable_store_url, served) == [v for _, v in old]
 
 
 # -- compare-and-swap when the reply is lost -------------------------------------------------------

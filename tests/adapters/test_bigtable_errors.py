@@ -26,11 +26,12 @@ from google.cloud.bigtable.data.exceptions import RetryExceptionGroup
 from precompute.adapters import open_backend, open_reader
 from precompute.adapters.bigtable import BigtableBackend
 from precompute.adapters.bigtable.errors import TableMissing, translate
-from precompute.store import StoreConfigError, StoreError, StoreUnavailable, Versions, WriteError
+from precompute.store import Reader, StoreConfigError, StoreError, StoreUnavailable, Versions, WriteError
 from precompute.store.codec import encode_key, encode_value
 from precompute.store.retry import Backoff
 from tests.precompute.conftest import EXAMPLE_CONFIG
 from tests.servers import ROOT
+from tests.store.helpers import with_reader
 
 # The SDK's exception constructors are untyped.
 api_errors: Any = core_exceptions
@@ -139,18 +140,14 @@ def test_without_the_option_the_environment_variable_picks_the_emulator(
     monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", f"127.0.0.1:{refused_port}")
     url = "bigtable://test-project/test-instance/down?timeout=1"
 
-    async def scenario() -> None:
-        reader = open_reader(url)
-        try:
-            with pytest.raises(StoreUnavailable, match="live alias"):
-                await reader.get_alias()
-            with pytest.raises(StoreUnavailable):
-                await reader.get("v1", b"k")
-        finally:
-            await reader.aclose()
+    async def scenario(reader: Reader) -> None:
+        with pytest.raises(StoreUnavailable, match="live alias"):
+            await reader.get_alias()
+        with pytest.raises(StoreUnavailable):
+            await reader.get("v1", b"k")
 
     started = time.monotonic()
-    asyncio.run(scenario())
+    with_reader(url, scenario)
     assert time.monotonic() - started < 20
 
     backend = open_backend(url)
@@ -288,15 +285,13 @@ def no_credentials(tmp_path: Path, refused_port: int) -> dict[str, str]:
     return env
 
 
+def python(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in a fresh interpreter with ``env``, from the repository root; its output as text."""
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
 def child(env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, "bigtable://test-project/test-instance/table"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
+    done = python(env, "-c", CHILD, "bigtable://test-project/test-instance/table")
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -325,14 +320,7 @@ def test_without_credentials_every_call_is_a_config_error_of_one_line_and_the_lo
 def test_without_credentials_the_cli_exits_2_with_one_line_naming_the_fix(no_credentials: dict[str, str]) -> None:
     no_credentials["PRECOMPUTE_STORE"] = "bigtable://test-project/test-instance/table"
     for command in (["versions"], ["get", "True:25:Single(1):39"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "precompute.cli", *command, "--config", str(EXAMPLE_CONFIG)],
-            env=no_credentials,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-        )
+        done = python(no_credentials, "-m", "precompute.cli", *command, "--config", str(EXAMPLE_CONFIG))
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr

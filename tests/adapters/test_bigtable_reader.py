@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from google.cloud.bigtable.data import SetCell
 
-from precompute.adapters import open_backend, open_reader
+from precompute.adapters import open_reader
 from precompute.adapters.bigtable import BigtableBackend, BigtableReader, client
 from precompute.adapters.bigtable.layout import META_FAMILY, RECORD_PREFIX
 from precompute.store import Versions
 from precompute.store.codec import encode_key, encode_value
+from tests.store.helpers import opened, with_reader
 
 pytestmark = pytest.mark.server
 
@@ -24,10 +25,7 @@ def rows(n: int) -> list[tuple[bytes, bytes]]:
 
 @pytest.fixture
 def backend(bigtable_store_url: str) -> Iterator[BigtableBackend]:
-    b = open_backend(bigtable_store_url)
-    assert isinstance(b, BigtableBackend)
-    yield b
-    b.close()
+    yield from opened(bigtable_store_url, BigtableBackend)
 
 
 def test_reader_of_a_store_never_written_finds_nothing(bigtable_store_url: str) -> None:
@@ -114,14 +112,7 @@ def test_records_are_read_on_the_readers_own_async_client(
     url = f"{bigtable_store_url}?emulator=localhost:{port}"
     before = set(client._clients)
 
-    async def scenario() -> dict[str, bytes]:
-        reader = open_reader(url)
-        try:
-            return await reader.records()
-        finally:
-            await reader.aclose()
-
-    records = asyncio.run(scenario())
+    records = with_reader(url, lambda reader: reader.records())
     assert records == backend.records()
     assert set(records) == {first.version, second.version}
     assert set(client._clients) == before  # no synchronous client (nor backend) was opened for it

@@ -11,7 +11,6 @@ fault-injecting proxy in front of DynamoDB Local, through the same HTTP stack as
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from precompute.adapters import open_backend, open_reader
+from precompute.adapters import open_backend
 from precompute.store import (
     Backend,
     Reader,
@@ -31,6 +30,7 @@ from precompute.store import (
 )
 from precompute.store.codec import encode_key, encode_value
 from tests.servers.dynamodb import FAST_FAILURE, FaultProxy, store_url
+from tests.store.helpers import with_reader
 
 #: What the contract promises for a store that is down: the error, within this many seconds.
 WITHIN_S = 10.0
@@ -66,17 +66,6 @@ def timed(fn: Callable[[], object]) -> tuple[BaseException | None, float]:
     return None, time.monotonic() - began
 
 
-def run_reader(url: str, call: Callable[[Reader], Awaitable[object]]) -> object:
-    async def scenario() -> object:
-        reader = open_reader(url)
-        try:
-            return await call(reader)
-        finally:
-            await reader.aclose()
-
-    return asyncio.run(scenario())
-
-
 # -- a store that cannot be reached ---------------------------------------------------------------
 
 
@@ -107,7 +96,7 @@ def test_every_backend_call_on_an_unreachable_store_is_unavailable_within_second
 def test_every_reader_call_on_an_unreachable_store_is_unavailable_within_seconds(
     unreachable_url: str, name: str
 ) -> None:
-    error, took = timed(lambda: run_reader(unreachable_url, ASYNC_CALLS[name]))
+    error, took = timed(lambda: with_reader(unreachable_url, ASYNC_CALLS[name]))
     assert isinstance(error, StoreUnavailable), repr(error)
     assert "DynamoDB unreachable" in str(error)
     assert took < WITHIN_S
@@ -142,7 +131,7 @@ def test_a_wrong_secret_is_a_configuration_error_naming_the_fix_and_not_retried(
     for name in ("get_alias", "records", "get_many"):
         dynamodb_proxy.faults.seen.clear()
         with pytest.raises(StoreConfigError, match=r"InvalidSignatureException.*Fix: the secret key does not"):
-            run_reader(wrong_secret, ASYNC_CALLS[name])
+            with_reader(wrong_secret, ASYNC_CALLS[name])
         assert 1 <= dynamodb_proxy.faults.seen["bad_signature"] <= 2  # get_many: one per read_batch
 
 
@@ -160,7 +149,7 @@ def test_no_credentials_at_all_is_a_configuration_error(monkeypatch: pytest.Monk
     finally:
         backend.close()
     with pytest.raises(StoreConfigError, match="no AWS credentials found"):
-        run_reader(url, ASYNC_CALLS["get"])
+        with_reader(url, ASYNC_CALLS["get"])
 
 
 @pytest.fixture
@@ -181,7 +170,7 @@ CALLS_BOTH_SIDES = ["get_alias", "records", "write", "swap_alias", "reader get",
 
 def _call(url: str, backend: Backend, name: str) -> Any:
     if name.startswith("reader "):
-        return run_reader(url, ASYNC_CALLS[name.removeprefix("reader ")])
+        return with_reader(url, ASYNC_CALLS[name.removeprefix("reader ")])
     return SYNC_CALLS[name](backend)
 
 

@@ -3,7 +3,6 @@ fault-injecting proxy of tests/servers/dynamodb.py), parallel writers and the wr
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,13 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 import botocore.exceptions
 import pytest
 
-from precompute.adapters import open_backend, open_reader
+from precompute.adapters import open_backend
 from precompute.adapters.dynamodb import DynamoDBBackend
 from precompute.adapters.dynamodb.layout import MAX_ITEM_BYTES
 from precompute.adapters.dynamodb.writes import RateLimiter
-from precompute.store import ItemTooLarge, WriteError
+from precompute.store import ItemTooLarge, Reader, WriteError
 from precompute.store.codec import MAX_KEY_BYTES, encode_key, encode_value
-from tests.servers.dynamodb import FaultProxy, local_client, scan_table, store_url
+from tests.servers.dynamodb import FaultProxy, create_key_table, local_client, scan_table, store_url
+from tests.store.helpers import with_reader
 
 
 def rows(n: int, prefix: str = "k") -> list[tuple[bytes, bytes]]:
@@ -68,12 +68,7 @@ def test_dynamodb_local_enforces_the_limits_we_respect(dynamodb_local: str, dyna
     """The server is a faithful stand-in: a request past AWS's limits is refused, not quietly served."""
     client = local_client(dynamodb_local)
     table = f"{dynamodb_prefix}.limits"
-    client.create_table(
-        TableName=table,
-        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "B"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_key_table(client, table)
     puts = [{"PutRequest": {"Item": {"k": {"B": k}, "v": {"B": v}}}} for k, v in rows(26)]
     with pytest.raises(botocore.exceptions.ClientError, match="Too many items"):
         client.batch_write_item(RequestItems={table: puts})
@@ -97,14 +92,7 @@ def test_requests_stay_within_25_puts_and_100_keys(
     keys = [k for k, _ in data]
     assert backend.read("v", keys) == [v for _, v in data]
 
-    async def lookups() -> list[bytes | None]:
-        reader = open_reader(backend.url)
-        try:
-            return await reader.get_many("v", keys)
-        finally:
-            await reader.aclose()
-
-    assert asyncio.run(lookups()) == [v for _, v in data]
+    assert with_reader(backend.url, lambda reader: reader.get_many("v", keys)) == [v for _, v in data]
     assert dynamodb_proxy.faults.largest["BatchWriteItem"] == 25
     assert dynamodb_proxy.faults.largest["BatchGetItem"] == 100
     assert dynamodb_proxy.faults.seen["bad_signature"] == 0
@@ -153,16 +141,12 @@ def test_every_key_is_read_despite_unprocessed_keys_and_throttling(
     assert backend.read("v", keys) == expected
     backend_faults = dynamodb_proxy.faults.seen["unprocessed_keys"]
 
-    async def lookups() -> tuple[list[bytes | None], list[bytes | None]]:
-        reader = open_reader(backend.url)
-        try:
-            many = await reader.get_many("v", keys)
-            singles = [await reader.get("v", k) for k in keys[:200]]
-            return many, singles
-        finally:
-            await reader.aclose()
+    async def lookups(reader: Reader) -> tuple[list[bytes | None], list[bytes | None]]:
+        many = await reader.get_many("v", keys)
+        singles = [await reader.get("v", k) for k in keys[:200]]
+        return many, singles
 
-    many, singles = asyncio.run(lookups())
+    many, singles = with_reader(backend.url, lookups)
     assert many == expected
     assert singles == expected[:200]
     assert backend_faults > 100

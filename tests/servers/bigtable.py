@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.servers import free_port, missing, stop, wait_for_port
+from tests.servers import free_port, missing, refusing_port, stop, wait_for_port
 
 if TYPE_CHECKING:  # the adapter imports the Bigtable SDK, which a test run without it never needs
     from precompute.adapters.bigtable.options import Settings
@@ -112,7 +111,5 @@ def bigtable_down_url() -> Iterator[str]:
         import google.cloud.bigtable  # noqa: F401
     except ImportError:
         missing("google-cloud-bigtable", "pip install 'precompute[bigtable]'")
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    with refusing_port() as port:
         yield f"bigtable://{PROJECT}/{INSTANCE}/down?emulator=127.0.0.1:{port}&timeout=1&deadline=2"

@@ -69,6 +69,16 @@ def local_client(endpoint: str) -> Any:
     ).client("dynamodb", endpoint_url=endpoint)
 
 
+def create_key_table(client: Any, table: str) -> None:
+    """An on-demand table keyed by the binary attribute ``k``, made with a plain boto3 client."""
+    client.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "B"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
 def table_names(client: Any, prefix: str) -> set[str]:
     """The tables of the store with this prefix."""
     names: set[str] = set()

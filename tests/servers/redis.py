@@ -8,7 +8,6 @@ works the same on a cluster (no FLUSHALL across nodes) and lets tests run side b
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import find_binary, free_port, missing, stop, wait_for_port
+from tests.servers import find_binary, free_port, missing, refusing_port, stop, wait_for_port
 
 STORE_FIXTURES = ["redis_store_url", "redis_cluster_store_url"]
 #: Store URLs on which every call must fail with StoreUnavailable, quickly (the error-translation contract).
@@ -173,7 +172,5 @@ def redis_down_url() -> Iterator[str]:
         import redis  # noqa: F401  (the adapter needs it to open the URL at all)
     except ImportError:
         missing("redis-py", "pip install 'precompute[redis]'")
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    with refusing_port() as port:
         yield f"redis://127.0.0.1:{port}/0?timeout=1&connect_timeout=0.5&retry=2&prefix={fresh_prefix()}"

@@ -27,6 +27,7 @@ from precompute.store import (
     Versions,
 )
 from precompute.store.codec import encode_key, encode_value
+from tests.store.helpers import published, with_reader
 
 
 @pytest.fixture
@@ -38,14 +39,6 @@ def backend(store_url: str) -> Iterator[Backend]:
 
 def items(n: int, prefix: str = "k", start: int = 0) -> list[tuple[bytes, bytes]]:
     return [(encode_key(f"{prefix}:{i}"), encode_value({"y": float(i) / 4})) for i in range(start, start + n)]
-
-
-def published(versions: Versions, rows: list[tuple[bytes, bytes]]) -> str:
-    record = versions.begin({"test": True})
-    versions.backend.write(record.version, rows)
-    versions.mark_ready(record, len(rows))
-    versions.publish(record)
-    return record.version
 
 
 def test_empty_store_has_no_alias_and_no_versions(backend: Backend) -> None:
@@ -227,23 +220,19 @@ def test_reader_sees_what_the_backend_wrote(store_url: str, backend: Backend) ->
     rows = items(2500)
     live = published(versions, rows)
 
-    async def scenario() -> None:
-        reader = open_reader(store_url)
-        try:
-            assert await reader.get_alias() == live
-            assert await reader.get(live, rows[7][0]) == rows[7][1]
-            assert await reader.get(live, b"absent") is None
-            keys = [rows[5][0], b"absent", rows[2499][0], rows[5][0]]
-            assert await reader.get_many(live, keys) == [rows[5][1], None, rows[2499][1], rows[5][1]]
-            all_keys = [k for k, _ in rows]
-            assert await reader.get_many(live, all_keys) == [v for _, v in rows]
-            assert await reader.get("no-such-version", rows[7][0]) is None
-            newer = published(versions, items(1, prefix="new"))
-            assert await reader.get_alias() == newer
-        finally:
-            await reader.aclose()
+    async def scenario(reader: Reader) -> None:
+        assert await reader.get_alias() == live
+        assert await reader.get(live, rows[7][0]) == rows[7][1]
+        assert await reader.get(live, b"absent") is None
+        keys = [rows[5][0], b"absent", rows[2499][0], rows[5][0]]
+        assert await reader.get_many(live, keys) == [rows[5][1], None, rows[2499][1], rows[5][1]]
+        all_keys = [k for k, _ in rows]
+        assert await reader.get_many(live, all_keys) == [v for _, v in rows]
+        assert await reader.get("no-such-version", rows[7][0]) is None
+        newer = published(versions, items(1, prefix="new"))
+        assert await reader.get_alias() == newer
 
-    asyncio.run(scenario())
+    with_reader(store_url, scenario)
 
 
 def _race(backends: list[Backend], expected: str | None, round_: int) -> list[str]:

@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from precompute.adapters import open_backend
 from precompute.adapters.redis import RedisBackend
-from tests.servers import find_binary
+from tests.servers import find_binary, free_port
 from tests.servers.redis import RedisProcess, create_cluster, redis_binary
+from tests.store.helpers import opened
 
 
 @pytest.fixture(params=["redis_store_url", "redis_cluster_store_url"], ids=["redis", "redis_cluster"])
@@ -21,10 +21,7 @@ def url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def backend(url: str) -> Iterator[RedisBackend]:
-    b = open_backend(url)
-    assert isinstance(b, RedisBackend)
-    yield b
-    b.close()
+    yield from opened(url, RedisBackend)
 
 
 @pytest.fixture
@@ -45,6 +42,18 @@ def certificates(tmp_path: Path) -> dict[str, Path]:
     run("x509", "-req", "-days", "1", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
         "-out", crt, "-extfile", str(san))  # fmt: skip
     return files
+
+
+@pytest.fixture
+def tls_port(redis_factory: Callable[..., RedisProcess], certificates: dict[str, Path]) -> int:
+    """The TLS port of a fresh server that presents ``certificates["server.crt"]`` (clients need none)."""
+    port = free_port()
+    redis_factory(
+        "--tls-port", str(port), "--tls-cert-file", str(certificates["server.crt"]),
+        "--tls-key-file", str(certificates["server.key"]), "--tls-ca-cert-file", str(certificates["ca.crt"]),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    return port
 
 
 @pytest.fixture

@@ -70,8 +70,13 @@ def publish(url: str, data: list[tuple[bytes, bytes]]) -> str:
         backend.close()
 
 
-def reading(url: str, scenario: Callable[[RedisReader], Coroutine[Any, Any, None]]) -> None:
-    """Run ``scenario`` with a reader on ``url`` in a fresh event loop, closing the reader after it."""
+def reading(
+    url: str,
+    scenario: Callable[[RedisReader], Coroutine[Any, Any, None]],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> None:
+    """Run ``scenario`` with a reader on ``url`` in a fresh event loop (asyncio's own, or one made by
+    ``loop_factory``), closing the reader after it."""
 
     async def run() -> None:
         reader = open_reader(url)
@@ -81,7 +86,8 @@ def reading(url: str, scenario: Callable[[RedisReader], Coroutine[Any, Any, None
         finally:
             await reader.aclose()
 
-    asyncio.run(run())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run())
 
 
 def node_ids(nodes: list[RedisProcess]) -> dict[int, str]:

@@ -20,6 +20,7 @@ from precompute.adapters.redis.layout import ROWS_PER_BUCKET
 from precompute.store import RunLock, VersionError, Versions
 from tests.adapters.redis.helpers import keys_with, rows, server_clients
 from tests.servers.redis import RedisProcess
+from tests.store.helpers import with_reader
 
 pytestmark = pytest.mark.server
 
@@ -123,14 +124,7 @@ def test_the_reader_reads_every_version_record_as_the_backend_does(url: str, bac
     second = versions.begin(expected_rows=10)
     backend.put_record("odd-one", b"\x00 not json \xff")  # records are opaque bytes to the adapter
 
-    async def read() -> dict[str, bytes]:
-        reader = open_reader(url)
-        try:
-            return await reader.records()
-        finally:
-            await reader.aclose()
-
-    stored = asyncio.run(read())
+    stored = with_reader(url, lambda reader: reader.records())
     assert stored == backend.records()
     assert set(stored) == {first.version, second.version, "odd-one"}
     assert stored["odd-one"] == b"\x00 not json \xff"

@@ -12,7 +12,6 @@ import asyncio
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -26,7 +25,7 @@ from precompute.adapters.redis.wire.protocol import REPLIES, pack, reply_error, 
 from precompute.adapters.redis.writes import BulkRunner
 from precompute.store import StoreConfigError, StoreError, StoreFull, StoreUnavailable, StoreURL
 from tests.adapters.redis.helpers import publish, rows
-from tests.servers import find_binary, free_port
+from tests.servers import find_binary
 from tests.servers.redis import HINT, RedisProcess
 
 pytestmark = pytest.mark.server
@@ -164,15 +163,7 @@ def test_refused_credentials_a_refused_permission_and_a_missing_database_are_con
     both_sides(f"redis://{base}/0", StoreConfigError, r"Authentication required|NOAUTH")
 
 
-def test_an_untrusted_certificate_and_an_unreadable_ca_file_are_configuration_errors(
-    redis_factory: Callable[..., RedisProcess], certificates: dict[str, Path]
-) -> None:
-    tls_port = free_port()
-    redis_factory(
-        "--tls-port", str(tls_port), "--tls-cert-file", str(certificates["server.crt"]),
-        "--tls-key-file", str(certificates["server.key"]), "--tls-ca-cert-file", str(certificates["ca.crt"]),
-        "--tls-auth-clients", "no",
-    )  # fmt: skip
+def test_an_untrusted_certificate_and_an_unreadable_ca_file_are_configuration_errors(tls_port: int) -> None:
     both_sides(f"rediss://127.0.0.1:{tls_port}/0", StoreConfigError, "certificate that does not verify")
     both_sides(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs=/nonexistent/ca.pem", StoreConfigError, "ssl_ca_certs")
 

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import uvloop
 
-from precompute.adapters import open_reader
 from precompute.adapters.redis.reader import RedisReader
 from precompute.adapters.redis.wire.protocol import key_slot
 from precompute.store import StoreConfigError, StoreError, StoreUnavailable
 from tests.adapters.redis.helpers import node_ids, port_of, publish, reading, reshard
 from tests.adapters.redis.helpers import small_rows as rows
-from tests.servers import free_port
 from tests.servers.redis import RedisProcess
 
 pytestmark = pytest.mark.server
@@ -106,6 +105,16 @@ def test_an_error_reply_is_a_store_error_naming_the_server(redis_store_url: str)
     reading(redis_store_url, scenario)
 
 
+def config_error(match: str) -> Callable[[RedisReader], Coroutine[Any, Any, None]]:
+    """A scenario for ``reading``: the reader's first command fails with a StoreConfigError matching ``match``."""
+
+    async def scenario(reader: RedisReader) -> None:
+        with pytest.raises(StoreConfigError, match=match):
+            await reader.get_alias()
+
+    return scenario
+
+
 def test_password_acl_user_and_database_number_are_sent_on_connect(
     redis_factory: Callable[..., RedisProcess],
 ) -> None:
@@ -116,13 +125,8 @@ def test_password_acl_user_and_database_number_are_sent_on_connect(
     data = rows(20)
     version = publish(f"redis://app:app-pass@{base}/3", data)
 
-    async def wrong_password(reader: RedisReader) -> None:
-        with pytest.raises(StoreConfigError, match=r"refused the user name or password in the URL.*WRONGPASS"):
-            await reader.get_alias()
-
-    async def no_password(reader: RedisReader) -> None:
-        with pytest.raises(StoreConfigError, match=r"requires a password and the URL gives none.*NOAUTH"):
-            await reader.get_alias()
+    wrong_password = config_error(r"refused the user name or password in the URL.*WRONGPASS")
+    no_password = config_error(r"requires a password and the URL gives none.*NOAUTH")
 
     async def in_db3(reader: RedisReader) -> None:
         assert await reader.get_alias() == version
@@ -139,15 +143,7 @@ def test_password_acl_user_and_database_number_are_sent_on_connect(
     reading(f"redis://:s3cret@{base}/0", in_db0)
 
 
-def test_tls_reads_verify_the_server_certificate(
-    redis_factory: Callable[..., RedisProcess], certificates: dict[str, Path]
-) -> None:
-    tls_port = free_port()
-    redis_factory(
-        "--tls-port", str(tls_port), "--tls-cert-file", str(certificates["server.crt"]),
-        "--tls-key-file", str(certificates["server.key"]), "--tls-ca-cert-file", str(certificates["ca.crt"]),
-        "--tls-auth-clients", "no",
-    )  # fmt: skip
+def test_tls_reads_verify_the_server_certificate(certificates: dict[str, Path], tls_port: int) -> None:
     url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={certificates['ca.crt']}"
     data = rows(50)
     version = publish(url, data)  # the batch side's client over TLS too
@@ -156,13 +152,8 @@ def test_tls_reads_verify_the_server_certificate(
         assert await reader.get_alias() == version
         assert await reader.get_many(version, [key for key, _ in data]) == [value for _, value in data]
 
-    async def refused(reader: RedisReader) -> None:
-        with pytest.raises(StoreConfigError, match=r"does not verify\. Fix: ssl_ca_certs=.*certificate verify failed"):
-            await reader.get_alias()
-
-    async def missing_ca(reader: RedisReader) -> None:
-        with pytest.raises(StoreConfigError, match=r"option ssl_ca_certs='/nonexistent/ca\.pem' cannot be read"):
-            await reader.get_alias()
+    refused = config_error(r"does not verify\. Fix: ssl_ca_certs=.*certificate verify failed")
+    missing_ca = config_error(r"option ssl_ca_certs='/nonexistent/ca\.pem' cannot be read")
 
     reading(url, reads)
     reading(f"rediss://127.0.0.1:{tls_port}/0", refused)  # the system CAs do not know this server
@@ -174,18 +165,13 @@ def test_lookups_on_uvloop(redis_store_url: str) -> None:
     data = rows(100)
     version = publish(redis_store_url, data)
 
-    async def scenario() -> None:
-        reader = open_reader(redis_store_url)
-        try:
-            assert await reader.get_alias() == version
-            answers = await asyncio.gather(*(reader.get(version, key) for key, _ in data))
-            assert answers == [value for _, value in data]
-            assert await reader.get_many(version, [data[3][0], b"absent"]) == [data[3][1], None]
-        finally:
-            await reader.aclose()
+    async def scenario(reader: RedisReader) -> None:
+        assert await reader.get_alias() == version
+        answers = await asyncio.gather(*(reader.get(version, key) for key, _ in data))
+        assert answers == [value for _, value in data]
+        assert await reader.get_many(version, [data[3][0], b"absent"]) == [data[3][1], None]
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(scenario())
+    reading(redis_store_url, scenario, loop_factory=uvloop.new_event_loop)
 
 
 # -- Redis Cluster: one pipelined connection per primary --------------------------------------------

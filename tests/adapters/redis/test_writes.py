@@ -24,6 +24,34 @@ from tests.servers.redis import RedisProcess
 pytestmark = pytest.mark.server
 
 
+def load_in_background(
+    backend: RedisBackend, version: str, total: int, step: int
+) -> tuple[threading.Thread, list[BaseException]]:
+    """Write ``total`` rows to ``version`` in calls of ``step`` rows on a started thread; the thread and
+    the list that receives what the load raised (empty while it has not failed)."""
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            for start in range(0, total, step):
+                backend.write(version, rows(step, start=start))
+        except BaseException as exc:
+            failure.append(exc)
+
+    writer = threading.Thread(target=load)
+    writer.start()
+    return writer, failure
+
+
+def wait_for_keys(server: RedisProcess, keys: int, poll_s: float) -> None:
+    """Wait (60 s at most) until ``server`` holds at least ``keys`` keys: a load is under way."""
+    watcher = redis.Redis(port=server.port)
+    deadline = time.monotonic() + 60
+    while watcher.dbsize() < keys and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    watcher.close()
+
+
 @pytest.mark.parametrize("buckets", [16, 100_000], ids=["dense-buckets", "sparse-buckets"])
 def test_a_write_of_many_chunks_keeps_every_chunk_in_flight_order(url: str, buckets: int) -> None:
     class SmallChunks(RedisBackend):
@@ -94,22 +122,8 @@ def test_a_load_interrupted_by_a_killed_redis_fails_clearly_and_gc_removes_the_p
     backend = RedisBackend(StoreURL.parse(url))
     versions = Versions(backend)
     record = versions.begin(expected_rows=2_000_000)
-    failure: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            for start in range(0, 2_000_000, 100_000):
-                backend.write(record.version, rows(100_000, start=start))
-        except BaseException as exc:
-            failure.append(exc)
-
-    writer = threading.Thread(target=load)
-    writer.start()
-    watcher = redis.Redis(port=server.port)
-    deadline = time.monotonic() + 60
-    while watcher.dbsize() < 1_000 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    watcher.close()
+    writer, failure = load_in_background(backend, record.version, total=2_000_000, step=100_000)
+    wait_for_keys(server, 1_000, poll_s=0.02)
     server.kill()
     writer.join(60)
     assert not writer.is_alive()
@@ -206,22 +220,8 @@ def test_a_write_survives_redis_stopped_and_restarted_in_the_middle_of_it(
     versions = Versions(backend)
     total = 600_000
     record = versions.begin(expected_rows=total)
-    failure: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            for start in range(0, total, 200_000):
-                backend.write(record.version, rows(200_000, start=start))
-        except BaseException as exc:
-            failure.append(exc)
-
-    writer = threading.Thread(target=load)
-    writer.start()
-    watcher = redis.Redis(port=server.port)
-    deadline = time.monotonic() + 60
-    while watcher.dbsize() < 2_000 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    watcher.close()
+    writer, failure = load_in_background(backend, record.version, total=total, step=200_000)
+    wait_for_keys(server, 2_000, poll_s=0.01)
     server.stop()  # SIGTERM: replies in flight are lost, acknowledged writes are on disk
     time.sleep(1.0)
     server.start()

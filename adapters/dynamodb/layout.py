@@ -81,13 +81,9 @@ class Layout:
     def meta_table(self) -> str:
         return f"{self.prefix}.meta"
 
-    @property
-    def version_table_prefix(self) -> str:
-        return f"{self.prefix}.v."
-
     def version_table(self, version: str) -> str:
-        """The table of ``version`` (:class:`~precompute.store.errors.VersionError` for an invalid id)."""
-        return self.version_table_prefix + check_version(version)
+        """The table of ``version``, ``<prefix>.v.<version>`` (``VersionError`` for an invalid id)."""
+        return f"{self.prefix}.v.{check_version(version)}"
 
 
 class Tables:

@@ -15,7 +15,9 @@ JSON the API returns) into the response. ``source`` says where an answer came fr
 store or the hot-key cache), "online" (the model, on a miss) or "default" (the configured default value,
 when the model could not answer within the deadline).
 
-The serving path, its options and its measurements are described in docs/serving.md.
+Three pieces, one per concern: :class:`Components` (what the endpoints share, built from the config),
+the endpoints (api/endpoints.py) and :class:`Lifespan` (start-up and shutdown); :func:`create_app` puts
+them together. The serving path, its options and its measurements are described in docs/serving.md.
 """
 
 from __future__ import annotations
@@ -23,243 +25,201 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from precompute.adapters import open_backend, open_reader
 from precompute.api.cache import HotCache, NegativeCache
+from precompute.api.endpoints import Endpoint, Operations, Predictions, answered, http_error, not_recorded
 from precompute.api.live import LiveVersion
 from precompute.api.logs import Summary
 from precompute.api.lookup import Lookup
-from precompute.api.metrics import CONTENT_TYPE, Metrics, escape, gauge
-from precompute.api.openapi import describe
-from precompute.api.responses import LookupFailed
+from precompute.api.metrics import Metrics
 from precompute.config import Config, ConfigError
 from precompute.space import GridSpace
-from precompute.store import Backend, Reader
+from precompute.store import Backend, Reader, StoreURL
 
 if TYPE_CHECKING:
     from precompute.api.batching import Batcher
     from precompute.api.fallback import Online, OnlineModel, Scored
     from precompute.api.writeback import WriteBack
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
 
 def create_app(config: Config, reader: Reader | None = None, backend: Backend | None = None) -> Starlette:
     """The app for ``config``. ``reader`` and ``backend`` replace the ones opened from the store URL (tests
-    inject faults through them); the backend is used only by the fallback (version records, write-back)."""
+    inject faults through them); the backend is used only to write online answers back."""
+    parts = Components.build(config, reader, backend)
     serve = config.serve
-    reader = reader or open_reader(config.store_url)
-    live = LiveVersion(reader, serve.refresh_seconds)
-    metrics = Metrics()
-    cache = HotCache(serve.cache_bytes) if serve.cache_bytes else None
-    negative = NegativeCache(serve.negative_ttl_seconds) if serve.negative_ttl_seconds else None
-    opened: list[Backend] = []
-
-    def store_backend() -> Backend:
-        if backend is not None:
-            return backend
-        opened.append(open_backend(config.store_url))
-        return opened[-1]
-
-    batcher: Batcher[Online, Scored] | None = None
-    online: OnlineModel | None = None
-    writeback: WriteBack | None = None
-    if serve.fallback != "off":
-        if not isinstance(config.space, GridSpace):
-            raise ConfigError(
-                f'[serve] fallback = "{serve.fallback}": the keys of a table space carry no features, so a miss '
-                'cannot be scored online. Fix: fallback = "off"'
-            )
-        # Imported here: with the fallback off, serving never imports the model code (nor TensorFlow).
-        from precompute.api.batching import Batcher, make_policy
-        from precompute.api.fallback import OnlineModel
-        from precompute.api.writeback import WriteBack
-
-        writeback = WriteBack(store_backend, metrics, serve.write_back_ttl_seconds) if serve.write_back else None
-        online = OnlineModel(config, store_backend, writeback)
-        policy = make_policy(serve.batch_policy, serve.batch_max_size, serve.batch_target_ms / 1000)
-        batcher = Batcher(online.score, policy, metrics, serve.batch_max_wait_ms / 1000, serve.max_pending)
-    lookup = Lookup(config, reader, live, metrics, cache, negative, batcher)
-    record = metrics.request if serve.metrics else _not_recorded
-    clock = time.perf_counter
-
-    async def predict_key(request: Request) -> Response:
-        started = clock()
-        try:
-            body, source = await lookup.one(request.path_params["key"], started)
-        except LookupFailed as exc:
-            record(exc.source, exc.status, clock() - started)
-            return _error(exc)
-        record(source, 200, clock() - started)
-        return Response(body, media_type="application/json")
-
-    async def predict_features(request: Request) -> Response:
-        started = clock()
-        try:
-            body, source = await lookup.by_features(dict(request.query_params), started)
-        except LookupFailed as exc:
-            record(exc.source, exc.status, clock() - started)
-            return _error(exc)
-        record(source, 200, clock() - started)
-        return Response(body, media_type="application/json")
-
-    async def predict_batch(request: Request) -> Response:
-        started = clock()
-        try:
-            payload = await _json_body(request, serve.max_body_bytes)
-            body = await lookup.many(payload, started)
-        except LookupFailed as exc:
-            record(exc.source, exc.status, clock() - started)
-            return _error(exc)
-        record("batch", 200, clock() - started)
-        return Response(body, media_type="application/json")
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        online_ready = online is not None and online.model is not None
-        degraded = not live.ready and online_ready and lookup.online_may_answer()
-        state: dict[str, Any] = {
-            "ready": live.ready or degraded,
-            "model_version": live.version,
-            "store": config.store_url.redacted(),
-            "fallback": lookup.fallback,
-        }
-        if live.error is not None:
-            state["error"] = live.error
-        elif live.version is None:
-            state["error"] = "nothing is published yet: run `precompute run`"
-        if degraded:
-            state["degraded"] = "the store cannot answer; the online model does"
-        return JSONResponse(state, status_code=200 if state["ready"] else 503)
-
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    openapi_body = json.dumps(describe(config)).encode()
-
-    async def openapi(request: Request) -> Response:
-        return Response(openapi_body, media_type="application/json")
-
-    def live_lines() -> list[str]:
-        lines = gauge("precompute_ready", "1 when a version is live and the store answers.", int(live.ready))
-        lines += gauge("precompute_store_up", "0 while the store's alias cannot be read.", int(live.error is None))
-        lines += [
-            "# HELP precompute_live_version_info The version being served.",
-            "# TYPE precompute_live_version_info gauge",
-        ]
-        if live.version is not None:
-            lines.append(f'precompute_live_version_info{{version="{escape(live.version)}"}} 1')
-        lines += gauge(
-            "precompute_fallback_mode", "0 off, 1 on, 2 store-down.", ("off", "on", "store-down").index(lookup.fallback)
-        )
-        return lines
-
-    metrics.gauges.append(live_lines)
-    if cache is not None:
-        metrics.gauges.append(cache.metrics)
-    if negative is not None:
-        metrics.gauges.append(negative.metrics)
-    if batcher is not None:
-        metrics.gauges.append(batcher.metrics_lines)
+    record = parts.metrics.request if serve.metrics else not_recorded
+    predictions = Predictions(parts.lookup, serve.max_body_bytes)
+    operations = Operations(config, parts.live, parts.lookup, parts.metrics, parts.online)
 
     guard: Callable[[Endpoint], Endpoint] = lambda endpoint: endpoint  # noqa: E731
-    if serve.auth != "off":
+    if serve.auth != "off":  # with auth off the endpoints are not wrapped at all: a hit pays nothing
         from precompute.api.auth import Tokens
 
         tokens = Tokens(serve.auth, serve.auth_tokens)
-        guard = lambda endpoint: tokens.guard(endpoint, metrics)  # noqa: E731
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await live.start()
-        summary = asyncio.create_task(Summary(metrics, cache).run(), name="precompute-log-summary")
-        try:
-            if batcher is not None and online is not None:
-                batcher.start()
-                await batcher.run_in_worker(online.load)  # TensorFlow loads and warms up before serving
-                assert lookup.answers is not None
-                lookup.answers.default = online.default
-            # What is alive now (modules, the app, the model) lives as long as the process: take it out of
-            # the cyclic GC's scans. Lookups in flight get promoted to the oldest generation, so without this
-            # a full collection of every loaded object ran about twice a second under load (30 ms each on a
-            # Redis backend: p99 35 ms at 16 connections; 1.9 ms frozen, docs/serving.md).
-            gc.collect()
-            gc.freeze()
-            yield
-        finally:
-            gc.unfreeze()
-            summary.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await summary
-            if batcher is not None:
-                await batcher.close(serve.shutdown_seconds)
-            if writeback is not None:
-                await asyncio.to_thread(writeback.close)
-            await live.stop()
-            await reader.aclose()
-            for opened_backend in opened:
-                opened_backend.close()
+        guard = lambda endpoint: tokens.guard(endpoint, parts.metrics)  # noqa: E731
 
     routes = [
-        Route("/predict/{key:path}", guard(predict_key), methods=["GET"]),
-        Route("/predict", guard(predict_features), methods=["GET"]),
-        Route("/predict", guard(predict_batch), methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/predict/{key:path}", guard(answered(predictions.key, record)), methods=["GET"]),
+        Route("/predict", guard(answered(predictions.features, record)), methods=["GET"]),
+        Route("/predict", guard(answered(predictions.batch, record)), methods=["POST"]),
+        Route("/healthz", operations.healthz, methods=["GET"]),
+        Route("/readyz", operations.readyz, methods=["GET"]),
+        Route("/openapi.json", operations.openapi, methods=["GET"]),
     ]
     if serve.metrics:
-        routes.append(Route("/metrics", guard(metrics_endpoint), methods=["GET"]))
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
-    app.state.live = live
-    app.state.metrics = metrics
-    app.state.lookup = lookup
-    app.state.cache = cache
-    app.state.batcher = batcher
-    app.state.online = online
+        routes.append(Route("/metrics", guard(operations.prometheus), methods=["GET"]))
+    app = Starlette(routes=routes, lifespan=Lifespan(parts), exception_handlers={HTTPException: http_error})
+    app.state.live = parts.live
+    app.state.metrics = parts.metrics
+    app.state.lookup = parts.lookup
+    app.state.cache = parts.cache
+    app.state.batcher = parts.batcher
+    app.state.online = parts.online
+    app.state.writeback = parts.writeback
     return app
 
 
-def _not_recorded(source: str, status: int, seconds: float) -> None:
-    pass
+@dataclass(eq=False)
+class Components:
+    """What the endpoints and the lifespan share. The online pieces are None with ``fallback = "off"``."""
+
+    config: Config
+    reader: Reader
+    live: LiveVersion
+    metrics: Metrics
+    lookup: Lookup
+    cache: HotCache | None
+    negative: NegativeCache | None
+    batcher: Batcher[Online, Scored] | None
+    online: OnlineModel | None
+    writeback: WriteBack | None
+    backend: WriteBackend | None
+
+    @classmethod
+    def build(cls, config: Config, reader: Reader | None = None, backend: Backend | None = None) -> Components:
+        serve = config.serve
+        reader = reader or open_reader(config.store_url)
+        live = LiveVersion(reader, serve.refresh_seconds)
+        metrics = Metrics()
+        cache = HotCache(serve.cache_bytes) if serve.cache_bytes else None
+        negative = NegativeCache(serve.negative_ttl_seconds) if serve.negative_ttl_seconds else None
+        batcher: Batcher[Online, Scored] | None = None
+        online: OnlineModel | None = None
+        writeback: WriteBack | None = None
+        store: WriteBackend | None = None
+        if serve.fallback != "off":
+            if not isinstance(config.space, GridSpace):
+                raise ConfigError(
+                    f'[serve] fallback = "{serve.fallback}": the keys of a table space carry no features, so a '
+                    'miss cannot be scored online. Fix: fallback = "off"'
+                )
+            # Imported here: with the fallback off, serving never imports the model code (nor TensorFlow).
+            from precompute.api.batching import Batcher, make_policy
+            from precompute.api.fallback import OnlineModel
+            from precompute.api.writeback import WriteBack
+
+            if serve.write_back:
+                store = WriteBackend(config.store_url, backend)
+                writeback = WriteBack(store, metrics, serve.write_back_ttl_seconds)
+            online = OnlineModel(config, live.record, writeback)
+            policy = make_policy(serve.batch_policy, serve.batch_max_size, serve.batch_target_ms / 1000)
+            batcher = Batcher(online.score, policy, metrics, serve.batch_max_wait_ms / 1000, serve.max_pending)
+        lookup = Lookup(config, reader, live, metrics, cache, negative, batcher)
+        # Read at scrape time, in this order in the exposition.
+        metrics.add_source(live.families)
+        metrics.add_source(lookup.families)
+        if cache is not None:
+            metrics.add_source(cache.families)
+        if negative is not None:
+            metrics.add_source(negative.families)
+        if batcher is not None:
+            metrics.add_source(batcher.families)
+        return cls(config, reader, live, metrics, lookup, cache, negative, batcher, online, writeback, store)
 
 
-async def _json_body(request: Request, limit: int) -> object:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise LookupFailed(413, f"the body is {length} bytes; at most {limit}")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise LookupFailed(413, f"the body is over {limit} bytes")
-        chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
-        raise LookupFailed(400, 'the body must be JSON: {"keys": [...]} or {"features": [{...}]}') from None
+class WriteBackend:
+    """The one synchronous backend the API uses, for write-back alone (it writes; everything the API reads
+    goes through the reader): opened on first use, on the write-back thread."""
+
+    def __init__(self, url: StoreURL, given: Backend | None = None) -> None:
+        self.url = url
+        self.given = given
+        self._opened: Backend | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Backend:
+        if self.given is not None:
+            return self.given
+        with self._lock:
+            if self._opened is None:
+                self._opened = open_backend(self.url)
+            return self._opened
+
+    def close(self) -> None:
+        """Close the backend if this opened it (a given one belongs to whoever gave it)."""
+        with self._lock:
+            if self._opened is not None:
+                self._opened.close()
+                self._opened = None
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    # Starlette's own errors (no route: e.g. a key with a newline, which no path pattern matches; a wrong
-    # method) in the same JSON shape as ours, rather than plain text.
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+class Lifespan:
+    """Start-up and shutdown, as Starlette's ``lifespan``: the live version's first read and refresh task,
+    the summary log task, the online model (loaded and warmed up on its thread), the GC freeze; then, in
+    reverse, the model's queue drained, the write-back queue flushed, the store closed."""
 
+    def __init__(self, parts: Components) -> None:
+        self.parts = parts
+        self._summary: asyncio.Task[None] | None = None
 
-def _error(exc: LookupFailed) -> Response:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    @asynccontextmanager
+    async def __call__(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            await self.start()
+            yield
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        parts = self.parts
+        await parts.live.start()
+        self._summary = asyncio.create_task(Summary(parts.metrics, parts.cache).run(), name="precompute-log-summary")
+        if parts.batcher is not None and parts.online is not None:
+            parts.batcher.start()
+            await parts.batcher.run_in_worker(parts.online.load)  # TensorFlow loads and warms up before serving
+            assert parts.lookup.answers is not None
+            parts.lookup.answers.default = parts.online.default
+        # What is alive now (modules, the app, the model) lives as long as the process: take it out of the
+        # cyclic GC's scans. Lookups in flight get promoted to the oldest generation, so without this a full
+        # collection of every loaded object ran about twice a second under load (30 ms each on a Redis
+        # backend: p99 35 ms at 16 connections; 1.9 ms frozen, docs/serving.md).
+        gc.collect()
+        gc.freeze()
+
+    async def stop(self) -> None:
+        """Safe after a start that failed half-way (a model that does not load)."""
+        parts = self.parts
+        gc.unfreeze()  # a process that builds several apps (the tests) must not keep their garbage
+        if self._summary is not None:
+            self._summary.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._summary
+            self._summary = None
+        if parts.batcher is not None:
+            await parts.batcher.close(parts.config.serve.shutdown_seconds)
+        if parts.writeback is not None:
+            await asyncio.to_thread(parts.writeback.close)
+        await parts.live.stop()
+        await parts.reader.aclose()
+        if parts.backend is not None:
+            parts.backend.close()

@@ -54,8 +54,7 @@ class Tokens:
 
         async def guarded(request: Request) -> Response:
             if not self.accepts(self.presented(request)):
-                metrics.auth_failures += 1
-                metrics.requests[("none", 401)] += 1
+                metrics.auth_failure()
                 return JSONResponse({"error": f"missing or wrong token: send {where}"}, 401, headers=challenge)
             return await endpoint(request)
 

@@ -46,7 +46,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from precompute.api.metrics import Metrics, gauge
+from prometheus_client.core import Metric
+
+from precompute.api.metrics import Metrics, counter, gauge
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -289,11 +291,12 @@ class Batcher(Generic[P, R]):
         self._queue.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def metrics_lines(self) -> list[str]:
+    def families(self) -> list[Metric]:
+        """Read at scrape time."""
         return [
-            *gauge("precompute_model_calls_total", "Model calls (batches) made.", self.calls, "counter"),
-            *gauge("precompute_batch_limit", "Current adaptive batch size limit.", self.policy.limit),
-            *gauge("precompute_batch_queue", "Online requests waiting for the model.", len(self._queue)),
+            counter("precompute_model_calls_total", "Model calls (batches) made.", self.calls),
+            gauge("precompute_batch_limit", "Current adaptive batch size limit.", self.policy.limit),
+            gauge("precompute_batch_queue", "Online requests waiting for the model.", len(self._queue)),
         ]
 
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from precompute.api.metrics import gauge
+from prometheus_client.core import Metric
+
+from precompute.api.metrics import counter, gauge
 
 ENTRY_OVERHEAD = 160
 
@@ -80,19 +82,19 @@ class HotCache:
         looked = self.hits + self.misses
         return self.hits / looked if looked else 0.0
 
-    def metrics(self) -> list[str]:
+    def families(self) -> list[Metric]:
+        """Read at scrape time (the counts are plain ints: they are taken on every lookup)."""
         return [
-            *gauge("precompute_cache_hits_total", "Hot-key cache hits.", self.hits, "counter"),
-            *gauge("precompute_cache_misses_total", "Hot-key cache misses.", self.misses, "counter"),
-            *gauge("precompute_cache_hit_ratio", "Hot-key cache hits / lookups since start.", self.hit_ratio),
-            *gauge("precompute_cache_bytes", "Bytes charged to the hot-key cache.", self.bytes),
-            *gauge("precompute_cache_entries", "Entries in the hot-key cache.", len(self.entries)),
-            *gauge("precompute_cache_evictions_total", "Entries evicted for space.", self.evictions, "counter"),
-            *gauge(
+            counter("precompute_cache_hits_total", "Hot-key cache hits.", self.hits),
+            counter("precompute_cache_misses_total", "Hot-key cache misses.", self.misses),
+            gauge("precompute_cache_hit_ratio", "Hot-key cache hits / lookups since start.", self.hit_ratio),
+            gauge("precompute_cache_bytes", "Bytes charged to the hot-key cache.", self.bytes),
+            gauge("precompute_cache_entries", "Entries in the hot-key cache.", len(self.entries)),
+            counter("precompute_cache_evictions_total", "Entries evicted for space.", self.evictions),
+            counter(
                 "precompute_cache_invalidations_total",
                 "Times the cache was emptied by a version change.",
                 self.invalidations,
-                "counter",
             ),
         ]
 
@@ -128,10 +130,8 @@ class NegativeCache:
         if len(self.expiry) > self.max_entries:
             self.expiry.popitem(last=False)
 
-    def metrics(self) -> list[str]:
+    def families(self) -> list[Metric]:
         return [
-            *gauge(
-                "precompute_negative_cache_hits_total", "404s answered from the negative cache.", self.hits, "counter"
-            ),
-            *gauge("precompute_negative_cache_entries", "Keys in the negative cache.", len(self.expiry)),
+            counter("precompute_negative_cache_hits_total", "404s answered from the negative cache.", self.hits),
+            gauge("precompute_negative_cache_entries", "Keys in the negative cache.", len(self.expiry)),
         ]

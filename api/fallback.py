@@ -11,7 +11,9 @@ the grid: an online answer for a grid key is byte-for-byte the value the batch j
 ``model_version`` of an online answer: the live version's id when the loaded model's fingerprint equals
 the fingerprint recorded in that version's metadata (``meta["model"]``, written by ``precompute run``),
 so that clients see one model version whichever way the answer came; otherwise the loaded model's own
-fingerprint (``sha256:...``), which says plainly that a different model answered.
+fingerprint (``sha256:...``), which says plainly that a different model answered. The record is the one
+:class:`~precompute.api.live.LiveVersion` read through the reader before serving that version: the
+fallback opens no store connection of its own.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from precompute.api.writeback import WriteBack
 from precompute.config import Config
 from precompute.model import Array, Model, ModelError, fingerprint, grid_inputs
 from precompute.space import Categorical, Decoded, GridSpace, Range
-from precompute.store import Backend, StoreError, Versions
+from precompute.store import VersionRecord
 from precompute.store.codec import encode_value
 from precompute.values import encode_values
 
@@ -50,17 +52,18 @@ class Scored:
 
 
 class OnlineModel:
-    def __init__(self, config: Config, backend: Callable[[], Backend], writeback: WriteBack | None) -> None:
+    def __init__(
+        self, config: Config, records: Callable[[str], VersionRecord | None], writeback: WriteBack | None
+    ) -> None:
+        """``records(version)``: the record of a version being served (``LiveVersion.record``)."""
         if not isinstance(config.space, GridSpace):
             raise ValueError("the online fallback needs a grid space")
         self.config = config
         self.space: GridSpace = config.space
-        self._backend_factory = backend
-        self._backend: Backend | None = None
+        self._records = records
         self.writeback = writeback
         self.model: Model | None = None
         self.fingerprint = ""
-        self._matches: dict[str, bool] = {}  # version -> loaded model is the one that version was scored with
         self.default: bytes | None = None
         self._grid = {d.name: d.values_array() for d in self.space.dimensions if isinstance(d, Range)}
 
@@ -131,19 +134,11 @@ class OnlineModel:
     def model_version(self, version: str | None) -> str:
         if version is None:
             return self.fingerprint
-        matches = self._matches.get(version)
-        if matches is None:
-            try:
-                if self._backend is None:
-                    self._backend = self._backend_factory()
-                recorded = Versions(self._backend).get(version).meta.get("model")
-            except StoreError as exc:
-                log.warning(
-                    "cannot read the record of version %s (%s); answering with the model fingerprint", version, exc
-                )
-                return self.fingerprint
-            matches = self._matches[version] = recorded == self.fingerprint
-        return version if matches else self.fingerprint
+        record = self._records(version)
+        if record is None:  # only for a version served so long ago that its record was let go
+            log.warning("no record of version %s at hand; answering with the model fingerprint", version)
+            return self.fingerprint
+        return version if record.meta.get("model") == self.fingerprint else self.fingerprint
 
 
 # -- keys and features, on the event loop ---------------------------------------------------------

@@ -74,11 +74,11 @@ class Summary:
         self._last_fallbacks = 0
 
     def line(self) -> dict[str, Any] | None:
-        now = dict(self.metrics.requests)
+        now = self.metrics.request_counts()
         delta = {k: v - self._last.get(k, 0) for k, v in now.items() if v != self._last.get(k, 0)}
         self._last = now
-        late = sum(self.metrics.late.values())
-        fallbacks = sum(self.metrics.fallbacks.values())
+        late = self.metrics.total(self.metrics.late)
+        fallbacks = self.metrics.total(self.metrics.fallbacks)
         fields: dict[str, Any] = {
             "requests": sum(delta.values()),
             "by_source_status": {f"{s}:{c}": n for (s, c), n in sorted(delta.items())},

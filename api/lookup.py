@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import Metric
 
 from precompute.api.cache import HotCache, NegativeCache
 from precompute.api.live import LiveVersion
-from precompute.api.metrics import Histogram, Metrics
+from precompute.api.metrics import Metrics, Observer, Unobserved, gauge
 from precompute.api.online import OnlineAnswers
 from precompute.api.responses import NON_FINITE, RETRY, LookupFailed, splice
 from precompute.config import Config
 from precompute.space import Decoded, GridSpace, SpaceError
 from precompute.store import Reader, StoreError
-from precompute.store.codec import EXPIRING, InvalidKey, encode_key, unexpired
+from precompute.store.codec import InvalidKey, encode_key
 
 if TYPE_CHECKING:
     from precompute.api.batching import Batcher
@@ -54,7 +56,7 @@ class Lookup:
         self.live = live
         self.metrics = metrics
         # With metrics off, store reads are timed into a histogram nobody reads (it keeps the hit path branch-free).
-        self.store_seconds = metrics.store_seconds if config.serve.metrics else Histogram("unused", "", ())
+        self.store_seconds: Observer = metrics.store_seconds if config.serve.metrics else Unobserved()
         self.cache = cache
         self.negative = negative
         self.batcher = batcher
@@ -71,6 +73,15 @@ class Lookup:
 
     def online_may_answer(self) -> bool:
         return self.fallback == "on" or (self.fallback == "store-down" and self.live.error is not None)
+
+    def families(self) -> list[Metric]:
+        """Read at scrape time."""
+        mode = ("off", "on", "store-down").index(self.fallback)
+        return [gauge("precompute_fallback_mode", "0 off, 1 on, 2 store-down.", mode)]
+
+    def unavailable(self) -> str:
+        """Why no version can be read, for a 503."""
+        return self.live.error or self.live.refused or "nothing is published yet"
 
     def resolve(self, key: str) -> tuple[str, Decoded | None]:
         """The canonical key and its features (None for a table space); raises 400, 404 or 414."""
@@ -115,15 +126,21 @@ class Lookup:
 
     # -- one key ------------------------------------------------------------------------------------
 
-    async def one(self, raw_key: str, started: float) -> tuple[bytes, str]:
-        key, decoded = self.resolve(raw_key)
-        return await self.answer(key, decoded, started)
+    # ``one`` and ``by_features`` are plain functions returning the answer's coroutine: the key is resolved
+    # (or refused, raising LookupFailed) right away, and the endpoint awaits :meth:`answer` itself, one
+    # coroutine frame less per request.
 
-    async def by_features(self, features: Mapping[str, object], started: float) -> tuple[bytes, str]:
+    def one(self, raw_key: str, started: float) -> Awaitable[tuple[bytes, str]]:
+        """(response body, source) for ``GET /predict/{key}``; raises LookupFailed."""
+        key, decoded = self.resolve(raw_key)
+        return self.answer(key, decoded, started)
+
+    def by_features(self, features: Mapping[str, object], started: float) -> Awaitable[tuple[bytes, str]]:
+        """(response body, source) for ``GET /predict?feature=value...``; raises LookupFailed."""
         key, decoded = self.from_features(features)
         if decoded is None and isinstance(self.space, GridSpace):
             decoded = self.space.decode(key)
-        return await self.answer(key, decoded, started)
+        return self.answer(key, decoded, started)
 
     async def answer(self, key: str, decoded: Decoded | None, started: float) -> tuple[bytes, str]:
         """(response body, source) for a canonical key; raises LookupFailed."""
@@ -133,7 +150,7 @@ class Lookup:
                 return await self.online(
                     key, decoded, None, started, "store_down" if self.live.error else "unpublished"
                 )
-            raise LookupFailed(503, self.live.error or "nothing is published yet", headers=RETRY)
+            raise LookupFailed(503, self.unavailable(), headers=RETRY)
         cache = self.cache
         if cache is not None:
             body = cache.get(version, key)
@@ -148,17 +165,15 @@ class Lookup:
             )
         read_at = time.perf_counter()
         try:
-            value = await self.reader.get(version, key.encode())
+            # With its expiry: the store reads an expired answer as absent, and the cache keeps no answer
+            # that expires (it has no per-entry expiry).
+            value, expires_at = await self.reader.get_with_expiry(version, key.encode())
         except StoreError as exc:
             self.store_seconds.observe(time.perf_counter() - read_at)
             if decoded is not None and self.fallback != "off":
                 return await self.online(key, decoded, version, started, "store_down")
             raise LookupFailed(503, f"store unavailable: {exc}", source="precomputed", headers=RETRY, key=key) from None
         self.store_seconds.observe(time.perf_counter() - read_at)
-        expires = False
-        if value is not None and value[:1] == EXPIRING:  # an online answer written back with a TTL
-            expires = True
-            value = unexpired(value, time.time())
         if value is None:
             if decoded is not None and self.fallback == "on":
                 return await self.online(key, decoded, version, started, "miss" if decoded.in_space else "off_grid")
@@ -168,7 +183,7 @@ class Lookup:
                 404, f"key is not in version {version}", source="precomputed", key=key, model_version=version
             )
         body = splice(key, value, b"precomputed", version)
-        if cache is not None and not expires:  # the cache has no per-entry expiry: it keeps what never expires
+        if cache is not None and expires_at is None:
             cache.put(version, key, body)
         return body, "precomputed"
 
@@ -178,7 +193,7 @@ class Lookup:
         self, key: str, decoded: Decoded, version: str | None, started: float, reason: str
     ) -> tuple[bytes, str]:
         assert self.answers is not None
-        self.metrics.fallbacks[reason] += 1
+        self.metrics.fallback(reason)
         (scored,) = await self.answers.scored([(key, decoded)], version, started)
         if isinstance(scored, str):
             return self.answers.late(key, scored)
@@ -201,7 +216,7 @@ class Lookup:
             raise LookupFailed(413, f"at most {self.max_batch} keys per request, got {len(requested)}")
         version = self.live.version
         if version is None and not self.online_may_answer():
-            raise LookupFailed(503, self.live.error or "nothing is published yet", headers=RETRY)
+            raise LookupFailed(503, self.unavailable(), headers=RETRY)
         results: list[dict[str, Any]] = []
         wanted: list[tuple[int, str, Decoded | None]] = []
         for item in requested:
@@ -233,8 +248,6 @@ class Lookup:
                 reason = "store_down"
             finally:
                 self.store_seconds.observe(time.perf_counter() - read_at)
-            now = time.time()
-            values = [v if v is None or v[:1] != EXPIRING else unexpired(v, now) for v in values]
         online: list[tuple[int, str, Decoded]] = []
         for (index, key, decoded), value in zip(wanted, values, strict=True):
             if value is not None:
@@ -250,7 +263,7 @@ class Lookup:
                 results[index].update(error=f"key is not in version {version}", status=404)
         if online:
             assert self.answers is not None
-            self.metrics.fallbacks[reason] += len(online)
+            self.metrics.fallback(reason, len(online))
             outcome = await self.answers.scored([(key, decoded) for _, key, decoded in online], version, started)
             for (index, _, _), scored in zip(online, outcome, strict=True):
                 results[index].update(self.answers.result(scored))

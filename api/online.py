@@ -41,14 +41,14 @@ class OnlineAnswers:
             try:
                 futures[self.batcher.submit(Online(key, decoded.features, version), remaining)] = i
             except Overloaded:
-                self.metrics.late["overloaded"] += 1
+                self.metrics.late_answer("overloaded")
         if not futures:
             return outcome
         done, pending = await asyncio.wait(futures, timeout=max(remaining, 0.0))
         for future in pending:
             future.cancel()  # the batcher skips it if it is still queued
             outcome[futures[future]] = "deadline"
-            self.metrics.late["deadline"] += 1
+            self.metrics.late_answer("deadline")
         for future in done:
             exc = future.exception()
             if exc is None:
@@ -58,7 +58,7 @@ class OnlineAnswers:
             if isinstance(exc, Overloaded):
                 cause = "deadline" if isinstance(exc, TooLate) else "overloaded"
             outcome[futures[future]] = cause
-            self.metrics.late[cause] += 1
+            self.metrics.late_answer(cause)
             if cause == "model_error" and time.monotonic() - self._last_error > 60:  # one traceback a minute
                 self._last_error = time.monotonic()
                 log.error("the online model failed", exc_info=exc)

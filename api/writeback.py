@@ -60,18 +60,17 @@ class WriteBack:
         expires_at = time.time() + self.ttl_s if self.ttl_s else None
         for version, key, value in pending:
             by_version[version][encode_key(key)] = value if expires_at is None else expiring(value, expires_at)
-        # The write-back counters are written by this thread only, so they need no lock.
         for version, items in by_version.items():
             try:
                 if self._backend is None:
                     self._backend = self._factory()
                 if self._backend.get_alias() != version:
-                    self.metrics.writeback["skipped"] += len(items)
+                    self.metrics.writeback("skipped", len(items))
                     continue
                 self._backend.write(version, list(items.items()))
-                self.metrics.writeback["written"] += len(items)
+                self.metrics.writeback("written", len(items))
             except StoreError as exc:
-                self.metrics.writeback["failed"] += len(items)
+                self.metrics.writeback("failed", len(items))
                 now = time.monotonic()
                 if now - self._last_warning > 60:  # one line a minute at most, whatever the request rate
                     self._last_warning = now

@@ -3,7 +3,7 @@
 a ratio; each is the median of --runs runs.
 
     python bench/serving.py [--config examples/babyweight/precompute.toml] [--store URL] [--runs 3]
-                            [--seconds 5] [--only storm,concurrent,cache,metrics,policy]
+                            [--seconds 5] [--only storm,concurrent,cache,metrics,policy] [--against DIR]
 
 Needs `wrk` (Debian package `wrk`) and a published version in the store (`precompute run` first). With
 `redis-server` on the PATH, the cache figures are also taken on Redis (the live version is copied into a
@@ -18,7 +18,13 @@ Sections:
   concurrent  N requests sent at once (one connection each) and the model calls they cost.
   cache       hits only, keys drawn from Zipf(1.1) over the whole grid: hot cache on, small, off.
   metrics     hit throughput with [serve] metrics = false, on, and on while /metrics is scraped
-              every 1 s and every 0.1 s.
+              every 1 s and every 0.1 s; with --against DIR (a checkout of another revision, e.g.
+              `git archive REV | tar -x -C DIR`), that revision's server too, metrics on and off, in the
+              same turns. Then, in-process and in CPU time (steadier on a shared machine): a request
+              through the whole app, metrics on and off, on a cache hit and a store hit (and --against);
+              and what a hit pays for its metrics alone: this revision's Metrics against the hand-written
+              counters it replaced. Alternating, median of --runs (at least 7).
+  metrics-in-process   the in-process half of `metrics` alone (no wrk needed).
   policy      in-process, no HTTP: the batcher on a synthetic model whose per-row cost quadruples
               half-way, 200 closed-loop clients, target 20 ms: AIMD, latency fit, fixed 256; and
               max_wait 0 vs 2 ms for a single client.
@@ -40,6 +46,7 @@ import threading
 import time
 import tomllib
 import urllib.request
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -48,13 +55,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lookup import WRK_SCRIPT  # noqa: E402  (bench/lookup.py, beside this script)
+from lookup import WRK_SCRIPT, cpu_seconds  # noqa: E402  (bench/lookup.py, beside this script)
 
 from precompute.config import Config, load_config  # noqa: E402
 from precompute.space import GridSpace  # noqa: E402
 from tests.servers import free_port, wait_for_port  # noqa: E402
 
 HIT_SERVE = {"cache_bytes": 0, "negative_ttl_seconds": 0}
+PIDS: dict[int, int] = {}  # port -> the server process, for its CPU time
 
 
 # -- servers and load -----------------------------------------------------------------------------
@@ -118,11 +126,13 @@ def write_config(source: Path, directory: Path, serve: dict[str, Any], model: Pa
 
 
 @contextmanager
-def server(config_path: Path, store: str) -> Iterator[int]:
+def server(config_path: Path, store: str, root: Path = ROOT) -> Iterator[int]:
+    """`precompute serve` from the checkout at ``root`` (this one by default)."""
     port = free_port()
     cmd = [sys.executable, "-m", "precompute.cli", "serve", "--config", str(config_path), "--port", str(port), "-q"]
-    env = {**os.environ, "PRECOMPUTE_STORE": store, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {**os.environ, "PRECOMPUTE_STORE": store, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    PIDS[port] = proc.pid
     try:
         wait_ready(port, proc)
         yield port
@@ -176,10 +186,12 @@ def key_script(directory: Path, name: str, keys: Sequence[str]) -> Path:
 
 
 @contextmanager
-def servers(paths: dict[str, Path], store: str) -> Iterator[dict[str, int]]:
-    """Every variant's server at once: idle ones cost nothing, and runs can then alternate between them."""
+def servers(paths: dict[str, Path], store: str, roots: dict[str, Path] | None = None) -> Iterator[dict[str, int]]:
+    """Every variant's server at once: idle ones cost nothing, and runs can then alternate between them.
+    ``roots`` names the checkout a variant runs from, where it is not this one."""
+    roots = roots or {}
     with ExitStack() as stack:
-        yield {name: stack.enter_context(server(path, store)) for name, path in paths.items()}
+        yield {name: stack.enter_context(server(path, store, roots.get(name, ROOT))) for name, path in paths.items()}
 
 
 Measure = Callable[[str, int, int], dict[str, float]]
@@ -188,22 +200,27 @@ Measure = Callable[[str, int, int], dict[str, float]]
 def interleaved(
     ports: dict[str, int], connections: Sequence[int], runs: int, measure: Measure
 ) -> dict[tuple[str, int], list[dict[str, float]]]:
-    """``runs`` rounds; in each, every variant in turn at every connection count. On a shared machine the
-    load drifts over minutes: alternating variants run by run keeps their ratios fair."""
+    """``runs`` rounds; in each, every variant in turn at every connection count (in reverse order every
+    other round). On a shared machine the load drifts over minutes: alternating variants run by run keeps
+    their ratios fair."""
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
     for name, port in ports.items():
         measure(name, port, max(connections))  # warm-up, not counted
-    for _ in range(runs):
+    for turn in range(runs):
+        # Every other round in reverse order, so that no variant always runs right after the same one.
+        order = list(ports.items()) if turn % 2 == 0 else list(reversed(ports.items()))
         for c in connections:
-            for name, port in ports.items():
+            for name, port in order:
                 results.setdefault((name, c), []).append(measure(name, port, c))
     return results
 
 
-def paired(results: dict[tuple[str, int], list[dict[str, float]]], name: str, base: str, c: int) -> float:
-    """Median over rounds of the per-round throughput ratio of ``name`` to ``base``."""
+def paired(
+    results: dict[tuple[str, int], list[dict[str, float]]], name: str, base: str, c: int, field: str = "rps"
+) -> float:
+    """Median over rounds of the per-round ratio of ``name`` to ``base`` (throughput, or another field)."""
     pairs = zip(results[(name, c)], results[(base, c)], strict=True)
-    return statistics.median(a["rps"] / b["rps"] if b["rps"] else float("inf") for a, b in pairs)
+    return statistics.median(a[field] / b[field] if b[field] else float("inf") for a, b in pairs)
 
 
 def _ratio(value: float, base: float) -> str:
@@ -438,49 +455,217 @@ def metrics(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Pat
         "true, scraped 1/s": (True, 1.0),
         "true, scraped 10/s": (True, 0.1),
     }
+    roots: dict[str, Path] = {}
+    if args.against is not None:
+        for name, enabled in (("against: false", False), ("against: true", True)):
+            variants[name] = (enabled, None)
+            roots[name] = args.against.resolve()
     scrape_ms: list[float] = []
 
     def measure(name: str, port: int, connections: int) -> dict[str, float]:
         stop = threading.Event()
         thread = threading.Thread(target=_scraper, args=(port, variants[name][1], stop, scrape_ms), daemon=True)
         thread.start()
+        before = cpu_seconds(PIDS[port])
         try:
-            return wrk(port, script, connections, args.seconds)
+            result = wrk(port, script, connections, args.seconds)
         finally:
             stop.set()
             thread.join()
+        result["cpu_us"] = (cpu_seconds(PIDS[port]) - before) / result["requests"] * 1e6
+        return result
 
     print(f"\n== cost of /metrics on hit throughput (16 connections, hot cache on), {args.runs} x {args.seconds}s")
-    print(f"{'variant':<20} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs off':>7}")
+    if args.against is not None:
+        print(f"   against: the server of {args.against}")
+    print(f"{'variant':<20} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs off':>7} {'CPU us/req':>10} {'vs off':>7}")
     paths = {name: write_config(args.config, tmp, {"metrics": enabled}) for name, (enabled, _) in variants.items()}
-    with servers(paths, args.store) as ports:
+    with servers(paths, args.store, roots) as ports:
         results = interleaved(ports, (16,), args.runs, measure)
     for name in variants:
-        row = {f: median(results[(name, 16)], f) for f in ("rps", "p50", "p99")}
-        ratio = paired(results, name, "metrics = false", 16)
-        print(f"{name:<20} {row['rps']:>8,.0f} {row['p50']:>8.3f} {row['p99']:>8.3f} {ratio:>6.0%}")
+        row = {f: median(results[(name, 16)], f) for f in ("rps", "p50", "p99", "cpu_us")}
+        base = "against: false" if name.startswith("against") else "metrics = false"
+        ratio = paired(results, name, base, 16)
+        cpu = paired(results, name, base, 16, "cpu_us")
+        print(
+            f"{name:<20} {row['rps']:>8,.0f} {row['p50']:>8.3f} {row['p99']:>8.3f} {ratio:>6.0%} "
+            f"{row['cpu_us']:>10.1f} {cpu:>6.0%}"
+        )
+    if args.against is not None:
+        rps = paired(results, "metrics = true", "against: true", 16)
+        cpu = paired(results, "metrics = true", "against: true", 16, "cpu_us")
+        print(f"   this revision / against, metrics on: {rps:.0%} of the requests/s, {cpu:.0%} of the CPU per request")
     if scrape_ms:
         print(f"   one scrape of /metrics under load: median {statistics.median(scrape_ms):.2f} ms")
-    per_request = statistics.median(_instrumentation_us() for _ in range(5))
-    base_rps = median(results[("metrics = false", 16)], "rps")
+    metrics_in_process(args, tmp, median(results[("metrics = false", 16)], "rps"))
+
+
+def metrics_in_process(args: argparse.Namespace, tmp: Path, base_rps: float = 24_000.0) -> None:
+    """The metrics' cost without HTTP, in CPU time: steady enough to resolve a microsecond on a busy machine."""
+    asgi_rounds(args, tmp)
+    rounds = [(_instrumentation_us(), _hand_written_us(), _clock_reads_us()) for _ in range(max(args.runs, 7))]
+    ours, hand, clocks = (statistics.median(r[i] for r in rounds) for i in range(3))
     print(
-        f"   what a hit pays for metrics, in-process: {per_request:.2f} us (4 clock reads, 2 histogram observations, "
-        f"1 counter), {per_request * base_rps / 1e6:.1%} of one core at {base_rps:,.0f} req/s"
+        "   what a hit on the store pays for metrics, in-process (1 counter, 2 histogram observations; the 4 "
+        f"clock reads, {clocks:.2f} us, apart):\n"
+        f"     prometheus_client {ours - clocks:.2f} us, {(ours - clocks) * base_rps / 1e6:.1%} of one core at "
+        f"{base_rps:,.0f} req/s\n"
+        f"     hand-written      {hand - clocks:.2f} us, {(hand - clocks) * base_rps / 1e6:.1%}   "
+        f"({(ours - clocks) / (hand - clocks):.1f}x)"
     )
 
 
+# Run by `python -c` with a checkout's root first on the path: this revision's app or another's.
+ASGI_PROBE = """
+import asyncio, dataclasses, sys, time
+root, config_path, metrics = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+cache_bytes, n = int(sys.argv[4]), int(sys.argv[5])
+sys.path.insert(0, root)
+from precompute.api import create_app
+from precompute.config import load_config
+config = load_config(config_path)
+config = dataclasses.replace(config, serve=dataclasses.replace(config.serve, metrics=metrics, cache_bytes=cache_bytes))
+paths = [f"/predict/{config.space.key_for_id(i * 7919 % config.space.size)}" for i in range(2000)]
+scopes = [{"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+           "path": p, "raw_path": p.encode(), "query_string": b"", "root_path": "", "headers": [(b"host", b"x")],
+           "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)} for p in paths]
+app = create_app(config)
+async def receive():
+    return {"type": "http.request", "body": b"", "more_body": False}
+async def send(message):
+    if message["type"] == "http.response.start" and message["status"] != 200:
+        raise SystemExit(f"status {message['status']}")
+async def main():
+    async with app.router.lifespan_context(app):
+        for scope in scopes:  # and the hot cache, when on, is full
+            await app(dict(scope), receive, send)
+        took = []
+        for _ in range(5):
+            started = time.thread_time()
+            for i in range(n):
+                await app(dict(scopes[i % len(scopes)]), receive, send)
+            took.append((time.thread_time() - started) / n * 1e6)
+        started = time.thread_time()
+        for _ in range(100):
+            app.state.metrics.render()
+        print(min(took), (time.thread_time() - started) / 100 * 1e3)
+asyncio.run(main())
+"""
+
+
+def asgi_us(
+    root: Path, config_path: Path, store: str, metrics: bool, cache_bytes: int, n: int = 8000
+) -> tuple[float, float]:
+    """CPU us per hit through the whole app in-process (routing, lookup, response; no HTTP server), the best
+    of 5 passes: CPU time of the one thread, so the neighbours' load hardly moves it. And the CPU ms of one
+    rendering of /metrics after those requests."""
+    args = [str(root), str(config_path), "1" if metrics else "0", str(cache_bytes), str(n)]
+    env = {**os.environ, "PRECOMPUTE_STORE": store, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", ASGI_PROBE, *args], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the in-process probe failed: {done.stderr[-2000:]}")
+    us, render_ms = done.stdout.split()[-2:]
+    return float(us), float(render_ms)
+
+
+def asgi_rounds(args: argparse.Namespace, tmp: Path) -> None:
+    """Metrics on and off, cache hit and store hit, this revision (and --against), alternating, --runs rounds
+    (at least 7)."""
+    config_path = write_config(args.config, tmp, {})
+    roots = {"this": ROOT} | ({"against": args.against.resolve()} if args.against is not None else {})
+    rows: dict[tuple[str, str, bool], list[float]] = {}
+    render: dict[str, list[float]] = {}
+    for _ in range(max(args.runs, 7)):
+        for hit, cache_bytes in (("cache hit", 64 * 1024 * 1024), ("store hit", 0)):
+            for name, root in roots.items():
+                for enabled in (True, False):
+                    value, render_ms = asgi_us(root, config_path, args.store, enabled, cache_bytes)
+                    rows.setdefault((hit, name, enabled), []).append(value)
+                    if enabled:
+                        render.setdefault(name, []).append(render_ms)
+    print(
+        "\n   in-process, through the whole app (no HTTP server), CPU us per request, "
+        f"median of {max(args.runs, 7)} rounds:"
+    )
+    print(f"   {'hit':<10} {'revision':<8} {'metrics on':>10} {'off':>7} {'on - off':>9}")
+    for hit in ("cache hit", "store hit"):
+        for name in roots:
+            on, off = rows[(hit, name, True)], rows[(hit, name, False)]
+            delta = statistics.median(a - b for a, b in zip(on, off, strict=True))
+            on_us, off_us = statistics.median(on), statistics.median(off)
+            print(f"   {hit:<10} {name:<8} {on_us:>10.2f} {off_us:>7.2f} {delta:>+9.2f}")
+        if "against" in roots:
+            for enabled in (True, False):
+                pairs = zip(rows[(hit, "this", enabled)], rows[(hit, "against", enabled)], strict=True)
+                state = "on" if enabled else "off"
+                delta = statistics.median(a - b for a, b in pairs)
+                print(f"   {hit}: this - against, metrics {state}: {delta:+.2f} us")
+    for name, took in render.items():
+        print(f"   one rendering of /metrics, {name}: {statistics.median(took):.3f} ms of CPU")
+
+
 def _instrumentation_us(n: int = 200_000) -> float:
+    """A store hit's metrics as the API records them: the store read's and the request's histograms, the
+    request counter, and the four clock reads around them."""
     from precompute.api.metrics import Metrics
 
     m = Metrics()
     clock = time.perf_counter
-    started = clock()
+    started = time.thread_time()  # CPU time: the neighbours' load does not count
     for _ in range(n):
         t0 = clock()
         t1 = clock()
         m.store_seconds.observe(clock() - t1)
-        m.request("cache", 200, clock() - t0)
-    return (clock() - started) / n * 1e6
+        m.request("precomputed", 200, clock() - t0)
+    return (time.thread_time() - started) / n * 1e6
+
+
+class _HandWritten:
+    """The counters before prometheus_client, as they were in api/metrics.py: a dict of ints, and histograms
+    that are a bisect into their bounds and two updates."""
+
+    def __init__(self) -> None:
+        from collections import defaultdict
+
+        from precompute.api.metrics import LATENCY_BUCKETS
+
+        self.bounds = LATENCY_BUCKETS
+        self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
+        self.request_counts = [0] * (len(self.bounds) + 1)
+        self.store_counts = [0] * (len(self.bounds) + 1)
+        self.request_total = self.store_total = 0.0
+
+    def store(self, value: float) -> None:
+        self.store_counts[bisect_left(self.bounds, value)] += 1
+        self.store_total += value
+
+    def request(self, source: str, status: int, seconds: float) -> None:
+        self.requests[(source, status)] += 1
+        self.request_counts[bisect_left(self.bounds, seconds)] += 1
+        self.request_total += seconds
+
+
+def _hand_written_us(n: int = 200_000) -> float:
+    m = _HandWritten()
+    clock = time.perf_counter
+    started = time.thread_time()
+    for _ in range(n):
+        t0 = clock()
+        t1 = clock()
+        m.store(clock() - t1)
+        m.request("precomputed", 200, clock() - t0)
+    return (time.thread_time() - started) / n * 1e6
+
+
+def _clock_reads_us(n: int = 200_000) -> float:
+    clock = time.perf_counter
+    started = time.thread_time()
+    for _ in range(n):
+        t0 = clock()
+        t1 = clock()
+        _ = clock() - t1
+        _ = clock() - t0
+    return (time.thread_time() - started) / n * 1e6
 
 
 def _scraper(port: int, every: float | None, stop: threading.Event, took_ms: list[float]) -> None:
@@ -587,9 +772,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--only", default="storm,concurrent,cache,metrics,policy")
+    parser.add_argument("--against", type=Path, help="metrics: also run the server of this checkout (another revision)")
     args = parser.parse_args()
     sections = set(args.only.split(","))
-    if sections - {"policy"} and not shutil.which("wrk"):
+    if sections - {"policy", "metrics-in-process"} and not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
     env = dict(os.environ)
     if args.store:
@@ -610,6 +796,9 @@ def main() -> None:
             cache(args, config, space, tmp)
         if "metrics" in sections:
             metrics(args, config, space, tmp)
+        elif "metrics-in-process" in sections:
+            print("\n== cost of the metrics in-process (the in-process half of the metrics section)")
+            metrics_in_process(args, tmp)
         if "policy" in sections:
             policy(args)
 

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
-from precompute.store.codec import EXPIRING, unexpired
+from precompute.store.codec import EXPIRING, split_expiry, unexpired
 from precompute.store.errors import ItemTooLarge
 from precompute.store.url import StoreURL
 
@@ -197,8 +197,9 @@ class Reader(ABC):
     """Asynchronous read side used by the API. Implementations keep one client (pool) per process.
 
     Adapters implement the primitives :meth:`get_alias`, :meth:`records`, :meth:`read_one` and
-    :meth:`read_batch`. Callers use :meth:`get` and :meth:`get_many`, written once here: they chunk
-    batches and read an expired value (:func:`~precompute.store.codec.expiring`) as absent.
+    :meth:`read_batch`. Callers use :meth:`get`, :meth:`get_with_expiry` and :meth:`get_many`, written once
+    here: they chunk batches and read an expired value (:func:`~precompute.store.codec.expiring`) as
+    absent, so no caller parses the expiry mark.
     """
 
     #: Keys per :meth:`read_batch` call.
@@ -215,6 +216,17 @@ class Reader(ABC):
         if stored is None or stored[:1] != EXPIRING:
             return stored
         return unexpired(stored, time.time())
+
+    async def get_with_expiry(self, version: str, key: bytes) -> tuple[bytes | None, int | None]:
+        """``(value, expires_at)``: like :meth:`get`, and the unix second from which the value reads as
+        absent, ``None`` for a value that never expires (and for an absent one). One round trip.
+
+        For a caller that keeps values (the API's hot-key cache): what expires must not be kept past it.
+        """
+        stored = await self.read_one(version, key)
+        if stored is None or stored[:1] != EXPIRING:  # the common case: no mark to parse, no call
+            return stored, None
+        return split_expiry(stored, time.time())
 
     async def get_many(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
         """One result per key, in input order; a miss (or an expired value) is ``None``. All from ``version``."""

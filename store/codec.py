@@ -102,10 +102,18 @@ def expiring(value: bytes, expires_at: float) -> bytes:
 
 def unexpired(stored: bytes, now: float) -> bytes | None:
     """``stored`` without its expiry mark, or None once it has expired; an unmarked value as it is."""
+    return split_expiry(stored, now)[0]
+
+
+def split_expiry(stored: bytes, now: float) -> tuple[bytes | None, int | None]:
+    """``(value, expires_at)`` of a stored value: the value without its mark and the unix second from which it
+    reads as absent; ``(stored, None)`` for an unmarked value, which never expires; ``(None, None)`` once
+    expired."""
     if stored[:1] != EXPIRING:
-        return stored
+        return stored, None
     end = stored.index(EXPIRING, 1)
-    return stored[end + 1 :] if now < int(stored[1:end]) else None
+    expires_at = int(stored[1:end])
+    return (stored[end + 1 :], expires_at) if now < expires_at else (None, None)
 
 
 def decode_value(data: bytes) -> dict[str, object]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 
 from precompute.adapters import open_backend
 from precompute.config import Config, load_config
-from precompute.store import StoreUnavailable, Versions
+from precompute.store import Reader, StoreUnavailable, Versions
 from precompute.store.codec import encode_key
 from tests.precompute.conftest import EXAMPLE_CONFIG
 from tests.precompute.models import save_formula_model
@@ -100,19 +100,37 @@ async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-class FailingReader:
-    """A reader whose store is down while ``down`` is set: every read raises StoreUnavailable."""
+class FailingReader(Reader):
+    """A reader whose store is down while ``down`` is set: every primitive raises StoreUnavailable.
 
-    def __init__(self, inner: object) -> None:
+    The faults sit under the Reader's template methods (``get``, ``get_with_expiry``, ``get_many``), so the
+    API reads through the same code as it does on a real store.
+    """
+
+    def __init__(self, inner: Reader) -> None:
+        super().__init__(inner.url)
         self.inner = inner
         self.down = False
 
-    def __getattr__(self, name: str) -> object:
-        attr = getattr(self.inner, name)
-        if name in ("get_alias", "get", "get_many") and self.down:
+    def _fail_if_down(self) -> None:
+        if self.down:
+            raise StoreUnavailable("connection refused")
 
-            async def fail(*args: object) -> None:
-                raise StoreUnavailable("connection refused")
+    async def get_alias(self) -> str | None:
+        self._fail_if_down()
+        return await self.inner.get_alias()
 
-            return fail
-        return attr
+    async def records(self) -> dict[str, bytes]:
+        self._fail_if_down()
+        return await self.inner.records()
+
+    async def read_one(self, version: str, key: bytes) -> bytes | None:
+        self._fail_if_down()
+        return await self.inner.read_one(version, key)
+
+    async def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        self._fail_if_down()
+        return await self.inner.read_batch(version, keys)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

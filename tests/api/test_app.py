@@ -146,7 +146,7 @@ def test_store_failure_is_503_and_recovers(config: Config) -> None:
     other = "False:30:Twins(2):36"
     publish(config, {KEY: b'{"weight_pounds":7.31}', other: b'{"weight_pounds":5.5}'})
     reader = FailingReader(open_reader(config.store_url))
-    with TestClient(create_app(config, reader=reader)) as client:  # type: ignore[arg-type]
+    with TestClient(create_app(config, reader=reader)) as client:
         assert client.get(f"/predict/{KEY}").status_code == 200
         reader.down = True
         down = client.get(f"/predict/{other}")

@@ -8,8 +8,8 @@ from starlette.testclient import TestClient
 
 from precompute.api import create_app
 from precompute.api.cache import ENTRY_OVERHEAD, HotCache, NegativeCache
-from precompute.store import StoreUnavailable
-from tests.api.conftest import memory_config, publish, wait_for
+from precompute.store import Reader
+from tests.api.conftest import FailingReader, memory_config, publish, wait_for
 
 KEY = "True:25:Single(1):39"
 
@@ -87,29 +87,19 @@ def test_cache_off_reads_the_store_every_time() -> None:
         for _ in range(3):
             assert client.get(f"/predict/{KEY}").status_code == 200
         assert client.app.state.cache is None  # type: ignore[attr-defined]
-        assert client.app.state.metrics.store_seconds.count == 3  # type: ignore[attr-defined]
+        assert client.app.state.metrics.value("precompute_store_read_seconds_count") == 3  # type: ignore[attr-defined]
 
 
-class CountingReader:
-    """Counts reads; can fail them, to show what is answered without the store."""
+class CountingReader(FailingReader):
+    """Counts single-key reads (the primitive under every template method); can fail them, as FailingReader."""
 
-    def __init__(self, inner: object) -> None:
-        self.inner = inner
+    def __init__(self, inner: Reader) -> None:
+        super().__init__(inner)
         self.reads = 0
-        self.down = False
 
-    def __getattr__(self, name: str) -> object:
-        attr = getattr(self.inner, name)
-        if name != "get":
-            return attr
-
-        async def get(*args: object) -> object:
-            self.reads += 1
-            if self.down:
-                raise StoreUnavailable("connection refused")
-            return await attr(*args)
-
-        return get
+    async def read_one(self, version: str, key: bytes) -> bytes | None:
+        self.reads += 1
+        return await super().read_one(version, key)
 
 
 def test_absent_keys_are_remembered_briefly() -> None:
@@ -119,7 +109,7 @@ def test_absent_keys_are_remembered_briefly() -> None:
     publish(config, {KEY: b'{"weight_pounds":7.31}'})
     absent = "False:30:Twins(2):40"
     reader = CountingReader(open_reader(config.store_url))
-    with TestClient(create_app(config, reader=reader)) as client:  # type: ignore[arg-type]
+    with TestClient(create_app(config, reader=reader)) as client:
         for _ in range(5):
             response = client.get(f"/predict/{absent}")
             assert response.status_code == 404

@@ -95,7 +95,7 @@ def test_store_down_mode_answers_online_only_while_the_store_fails(formula_model
     config = memory_config(formula_model, fallback="store-down", refresh_seconds=0.05)
     version = publish(config, {KEY: b'{"weight_pounds":7.31}'}, {"model": fingerprint(formula_model)})
     reader = FailingReader(open_reader(config.store_url))
-    with TestClient(create_app(config, reader=reader)) as client:  # type: ignore[arg-type]
+    with TestClient(create_app(config, reader=reader)) as client:
         assert client.get(f"/predict/{ABSENT}").status_code == 404  # the store is up: a miss stays a miss
         assert client.get(f"/predict/{OFF_GRID}").status_code == 404
         assert client.get(f"/predict/{ABSENT}").status_code == 404  # remembered absent: no store read
@@ -326,8 +326,8 @@ def test_write_back_never_lands_in_a_version_replaced_meanwhile(slow_model: Path
         assert answers[0]["source"] == "online"
         assert answers[0]["model_version"] == first
         metrics = client.app.state.metrics  # type: ignore[attr-defined]
-        assert wait_for(lambda: metrics.writeback["skipped"] == 1)
-    assert metrics.writeback["written"] == 0
+        assert wait_for(lambda: metrics.value("precompute_writeback_total", outcome="skipped") == 1)
+    assert metrics.value("precompute_writeback_total", outcome="written") == 0
     assert backend.read(first, [encode_key(OFF_GRID)]) == [None]
     assert backend.read(second, [encode_key(OFF_GRID)]) == [None]
 

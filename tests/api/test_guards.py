@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from precompute.api import create_app
 from precompute.api.auth import Tokens
 from precompute.api.logs import JsonFormatter, Summary
-from precompute.api.metrics import Histogram, Metrics
+from precompute.api.metrics import Metrics
 from precompute.config import ConfigError, load_config
 from tests.api.conftest import NAP, memory_config, publish, wait_for
 from tests.precompute.conftest import EXAMPLE_CONFIG
@@ -164,14 +164,27 @@ def test_metrics_are_prometheus_text_and_off_means_off() -> None:
 
 
 def test_histogram_buckets_are_cumulative_with_le_inclusive() -> None:
-    histogram = Histogram("h", "test", (0.1, 1.0))
-    for value in (0.1, 0.5, 1.0, 3.0):
-        histogram.observe(value)
-    lines = histogram.render()
-    assert 'h_bucket{le="0.1"} 1' in lines
-    assert 'h_bucket{le="1"} 3' in lines
-    assert 'h_bucket{le="+Inf"} 4' in lines
-    assert "h_count 4" in lines
+    metrics = Metrics()
+    for value in (0.0001, 0.0003, 0.001, 3.0):
+        metrics.request_seconds.observe(value)
+    lines = metrics.render().decode().splitlines()
+    assert 'precompute_request_seconds_bucket{le="0.0001"} 1.0' in lines
+    assert 'precompute_request_seconds_bucket{le="0.001"} 3.0' in lines
+    assert 'precompute_request_seconds_bucket{le="2.5"} 3.0' in lines
+    assert 'precompute_request_seconds_bucket{le="+Inf"} 4.0' in lines
+    assert "precompute_request_seconds_count 4.0" in lines
+
+
+def test_every_app_counts_in_its_own_registry_and_exports_no_created_series() -> None:
+    first, second = Metrics(), Metrics()
+    first.request("cache", 200, 0.001)
+    first.writeback("written", 3)
+    assert first.value("precompute_requests_total", source="cache", status="200") == 1
+    assert second.value("precompute_requests_total", source="cache", status="200") == 0
+    text = first.render().decode()
+    assert 'precompute_writeback_total{outcome="written"} 3.0' in text
+    assert 'precompute_writeback_total{outcome="failed"} 0.0' in text  # exported before the first failure
+    assert "_created" not in text
 
 
 def test_the_summary_log_line_is_structured_and_silent_when_idle() -> None:
@@ -183,7 +196,7 @@ def test_the_summary_log_line_is_structured_and_silent_when_idle() -> None:
     assert summary.line() is None
     metrics.request("cache", 200, 0.001)
     metrics.request("online", 503, 0.2)
-    metrics.late["deadline"] += 1
+    metrics.late_answer("deadline")
     fields = summary.line()
     assert fields is not None
     assert fields["requests"] == 2

@@ -35,7 +35,16 @@ from precompute.config import Config, ConfigError, load_config
 from precompute.model import ModelError
 from precompute.settings import document_schema
 from precompute.space import GridSpace, SpaceError
-from precompute.store import LockHeld, RunLock, StoreConfigError, StoreError, StoreFull, VersionError, Versions
+from precompute.store import (
+    LockHeld,
+    RunLock,
+    StoreConfigError,
+    StoreError,
+    StoreFull,
+    VersionError,
+    VersionRecord,
+    Versions,
+)
 
 log = logging.getLogger("precompute")
 
@@ -247,7 +256,12 @@ def _get(args: argparse.Namespace, config: Config) -> int:
         reader = open_reader(config.store_url)
         try:
             version = await reader.get_alias()
-            return version, (await reader.get(version, encode_key(key)) if version else None)
+            if version is None:
+                return None, None
+            record = (await reader.records()).get(version)
+            if record is not None:
+                VersionRecord.from_bytes(record).check_readable()  # a newer format: say so, exit 2
+            return version, await reader.get(version, encode_key(key))
         finally:
             await reader.aclose()
 

@@ -22,7 +22,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
@@ -59,7 +59,9 @@ class VersionRecord:
     def from_bytes(cls, data: bytes) -> VersionRecord:
         raw = json.loads(data)
         raw["state"] = State(raw["state"])
-        return cls(**raw)
+        # Fields a newer release added are left out, so that check_readable() can say what is wrong.
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in raw.items() if name in known})
 
     def check_readable(self) -> None:
         """Raise :class:`VersionError` if this version's formats are newer than this release reads."""

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from precompute.store import State, VersionError, VersionRecord
 from precompute.store.codec import (
     InvalidKey,
     decode_value,
@@ -77,3 +78,10 @@ def test_an_expiring_value_carries_its_expiry_and_reads_as_absent_from_then_on()
     assert unexpired(stored, 1_795_000_000.9) == value
     assert unexpired(stored, 1_795_000_001.0) is None
     assert unexpired(value, 2e9) == value  # a value without an expiry never expires
+
+
+def test_a_record_from_a_newer_release_reads_and_says_its_format_is_newer() -> None:
+    newer = {**json.loads(VersionRecord("v1", State.READY, 1.0).to_bytes()), "value_format": 3, "added_later": 1}
+    record = VersionRecord.from_bytes(json.dumps(newer).encode())
+    with pytest.raises(VersionError, match="stores values in format 3; this release of precompute reads"):
+        record.check_readable()

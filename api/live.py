@@ -37,6 +37,7 @@ class LiveVersion:
         self.error: str | None = "not checked yet"  # why the store cannot be read, None while it can
         self.refused: str | None = None  # why the alias's version is not served, None when it is
         self.checked_at = 0.0
+        self._failing = False  # the last refresh failed and that was logged
         self._records: dict[str, VersionRecord] = {}  # of the versions served, oldest first
         self._unreadable: tuple[str, str] | None = None  # (version, why): its formats will not change
         self._task: asyncio.Task[None] | None = None
@@ -54,16 +55,14 @@ class LiveVersion:
             version = await self.reader.get_alias()
             refusal = await self._check(version) if version is not None and version != self.version else None
         except StoreError as exc:
-            if self.error is None:
-                log.warning("store unavailable: %s", exc)
-            self.error = str(exc)
+            self._failed(str(exc))
             return
         except Exception as exc:  # an SDK error the adapter did not translate: still only a failed refresh
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.exception("refreshing the live version failed")
+            self._failed(f"{type(exc).__name__}: {exc}", untranslated=True)
             return
-        if self.error is not None and self.checked_at:
+        if self._failing:
             log.warning("store reachable again")
+            self._failing = False
         self.error = None
         self.checked_at = time.time()
         if refusal is not None:
@@ -75,6 +74,16 @@ class LiveVersion:
         if version != self.version:
             log.info("serving version %s (was %s)", version, self.version)
         self.version = version
+
+    def _failed(self, why: str, untranslated: bool = False) -> None:
+        """Note a failed refresh: logged once when the store stops answering (at start-up too), not on every
+        retry; the recovery is logged once as well."""
+        self.error = why
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "store unavailable: %s%s", why, " (an error the store adapter did not translate)" * untranslated
+            )
 
     async def _check(self, version: str) -> str | None:
         """Why ``version`` cannot be served, or None (its record is then kept). Raises StoreError."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,7 @@ class Predictions:
         return self.lookup.one(request.path_params["key"], started)
 
     def features(self, request: Request, started: float) -> Awaitable[tuple[bytes, str]]:
-        return self.lookup.by_features(dict(request.query_params), started)
+        return self.lookup.by_features(single_values(request), started)
 
     async def batch(self, request: Request, started: float) -> tuple[bytes, str]:
         payload = await read_json(request, self.max_body_bytes)
@@ -120,8 +121,22 @@ class Operations:
         return Response(self.openapi_body, media_type="application/json")
 
 
+def single_values(request: Request) -> dict[str, str]:
+    """The query's features; a feature given twice is ambiguous (which one is the key?), so 400."""
+    items = request.query_params.multi_items()
+    values = dict(items)
+    if len(values) != len(items):
+        twice = sorted(name for name, count in Counter(name for name, _ in items).items() if count > 1)
+        raise LookupFailed(400, f"feature(s) given more than once: {', '.join(twice)}; give each once")
+    return values
+
+
 async def read_json(request: Request, limit: int) -> object:
-    """The request's JSON body, at most ``limit`` bytes (413 above, also without a Content-Length)."""
+    """The request's JSON body, at most ``limit`` bytes (413 above, also without a Content-Length); a body
+    not declared as JSON is 415."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise LookupFailed(415, f"the body must be sent as Content-Type: application/json, not {kind or 'none'!r}")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise LookupFailed(413, f"the body is {length} bytes; at most {limit}")

@@ -120,6 +120,7 @@ def describe(config: Config) -> dict[str, Any]:
             "400": errors["400"],
             "401": errors["401"],
             "413": _error(f"More than {serve.max_batch_keys} items or a body over {serve.max_body_bytes} bytes."),
+            "415": _error("The body is not sent as Content-Type: application/json."),
             "503": errors["503"],
         },
     }

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -170,12 +171,7 @@ class GridSpace:
                     raise SpaceError(f"{dim.name}={raw!r} is not one of: {choices}", malformed=False)
                 features[dim.name] = labels[dim.name] = raw
                 continue
-            try:
-                value = float(raw)
-            except ValueError:
-                raise SpaceError(f"{dim.name}={raw!r} is not a number", malformed=True) from None
-            if not math.isfinite(value):
-                raise SpaceError(f"{dim.name}={raw!r} is not a finite number", malformed=True)
+            value = _number(dim.name, raw)
             features[dim.name] = value
             index = dim.exact(value)
             if index is None:
@@ -206,13 +202,7 @@ class GridSpace:
                     raise SpaceError(f"{dim.name}={value!r} is not one of: {', '.join(dim.values)}", malformed=False)
                 features[dim.name] = dim.values[found]
                 continue
-            try:
-                number = float(value)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                raise SpaceError(f"{dim.name}={value!r} is not a number", malformed=True) from None
-            if not math.isfinite(number):
-                raise SpaceError(f"{dim.name}={value!r} is not a finite number", malformed=True)
-            features[dim.name] = number
+            features[dim.name] = _number(dim.name, value)
         return features
 
     def snap(self, raw: Mapping[str, object]) -> str:
@@ -247,6 +237,26 @@ class TableSpace:
 
 
 Space = GridSpace | TableSpace
+
+
+# A number as keys and queries write it: plain ASCII decimal. Python's float() also takes "2_5", full-width
+# and other non-ASCII digits, surrounding spaces and a trailing newline; a canonical key must be unambiguous.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _number(name: str, raw: object) -> float:
+    """``raw`` as a finite number: an int or float (not a bool), or text in plain ASCII decimal."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise SpaceError(f"{name}={raw!r} is not a number", malformed=True)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0  # then refused below, as text that is not plain decimal
+    if math.isfinite(value) and isinstance(raw, str) and not _DECIMAL.fullmatch(raw):
+        raise SpaceError(f"{name}={raw!r} is not a number (plain decimal digits, e.g. 25 or 25.5)", malformed=True)
+    if not math.isfinite(value):
+        raise SpaceError(f"{name}={raw!r} is not a finite number", malformed=True)
+    return value
 
 
 def _decimals(number: float) -> int:

@@ -103,7 +103,7 @@ def test_batch_lookup_answers_in_input_order_from_one_version(config: Config) ->
             json={"features": [{"is_male": "True", "mother_age": 25, "plurality": "Single(1)", "gestation_weeks": 39}]},
         )
         too_many = client.post("/predict", json={"keys": [KEY] * 1001})
-        not_json = client.post("/predict", content=b"{nope")
+        not_json = client.post("/predict", content=b"{nope", headers={"content-type": "application/json"})
     assert response.status_code == 200
     data = response.json()
     assert data["model_version"] == version

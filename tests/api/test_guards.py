@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -24,6 +25,9 @@ from tests.servers import free_port
 
 KEY = "True:25:Single(1):39"
 ROW = {KEY: b'{"weight_pounds":7.31}'}
+
+
+JSON = {"content-type": "application/json"}
 
 
 def test_auth_off_needs_no_token() -> None:
@@ -90,12 +94,12 @@ def test_request_size_limits() -> None:
         assert client.get("/predict/" + "x" * 41).status_code == 414
         assert client.get("/predict/" + "é" * 21).status_code == 414  # 42 bytes in UTF-8
         assert client.post("/predict", json={"keys": [KEY] * 4}).status_code == 413
-        big = client.post("/predict", content=b'{"keys": ["' + b"x" * 300 + b'"]}')
+        big = client.post("/predict", content=b'{"keys": ["' + b"x" * 300 + b'"]}', headers=JSON)
         assert big.status_code == 413
-        chunked = client.post("/predict", content=iter([b'{"keys": ["', b"x" * 300, b'"]}']))  # no Content-Length
+        chunked = client.post("/predict", content=iter([b'{"keys": ["', b"x" * 300, b'"]}']), headers=JSON)  # no length
         assert chunked.status_code == 413
         assert client.post("/predict", json=[KEY]).status_code == 400
-        assert client.post("/predict", content=b"\xff\xfe").status_code == 400
+        assert client.post("/predict", content=b"\xff\xfe", headers=JSON).status_code == 400
         assert client.post("/predict", json={"keys": [KEY]}).status_code == 200
 
 
@@ -103,7 +107,7 @@ def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
     config = memory_config(max_body_bytes=10_000_000)
     publish(config, ROW)
     with TestClient(create_app(config)) as client:
-        response = client.post("/predict", content=b"[" * 1_000_000 + b"]" * 1_000_000)
+        response = client.post("/predict", content=b"[" * 1_000_000 + b"]" * 1_000_000, headers=JSON)
     assert response.status_code == 400
 
 
@@ -248,3 +252,50 @@ def test_graceful_shutdown_finishes_the_request_in_flight(slow_model: Path) -> N
     assert b'"source":"online"' in answers[0][1]
     with pytest.raises(urllib.error.URLError):  # and the server is gone
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status", "message"),
+    [
+        (
+            {"url": "/predict?is_male=True&mother_age=25&mother_age=30&plurality=Single(1)&gestation_weeks=39"},
+            400,
+            "given more than once: mother_age",
+        ),
+        ({"url": "/predict/True:2_5:Single(1):39"}, 400, "not a number"),
+        ({"url": "/predict/True:%EF%BC%92%EF%BC%95:Single(1):39"}, 400, "not a number"),  # full-width 25
+        ({"url": "/predict/True:%2025%20:Single(1):39"}, 400, "not a number"),  # spaces around 25
+        (
+            {"url": "/predict?is_male=True&mother_age=25%0A&plurality=Single(1)&gestation_weeks=39"},
+            400,
+            "not a number",
+        ),  # a trailing newline
+        (
+            {"url": "/predict", "method": "POST", "content": b'{"keys": ["True:25:Single(1):39"]}'},
+            415,
+            "Content-Type: application/json",
+        ),
+        (
+            {
+                "url": "/predict",
+                "method": "POST",
+                "json": {
+                    "features": [
+                        {"is_male": "True", "mother_age": True, "plurality": "Single(1)", "gestation_weeks": 39}
+                    ]
+                },
+            },
+            200,
+            "is not a number",
+        ),  # reported per item in the batch answer
+    ],
+    ids=["duplicate-query", "underscore", "full-width", "spaces", "newline", "not-json-type", "json-boolean"],
+)
+def test_ambiguous_input_is_refused_not_guessed(request_args: dict[str, Any], status: int, message: str) -> None:
+    config = memory_config()
+    publish(config, ROW)
+    args = dict(request_args)
+    with TestClient(create_app(config)) as client:
+        response = client.request(args.pop("method", "GET"), args.pop("url"), **args)
+    assert response.status_code == status, response.text
+    assert message in response.text

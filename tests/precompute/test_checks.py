@@ -16,21 +16,14 @@ import pytest
 
 from precompute import cluster
 from precompute.adapters import open_backend
-from precompute.config import Config, ConfigError, load_config
+from precompute.config import Config, ConfigError
 from precompute.model import ModelError
 from precompute.run import run
 from precompute.space import Categorical, GridSpace
-from tests.precompute.conftest import EXAMPLE_CONFIG
+from tests.precompute.conftest import EXAMPLE_CONFIG, example
 from tests.servers import free_port
 
 CLI = [sys.executable, "-m", "precompute.cli"]
-
-
-def example(url: str, **run_options: Any) -> Config:
-    config = load_config(EXAMPLE_CONFIG, env={"PRECOMPUTE_STORE": url})
-    if run_options:
-        config = dataclasses.replace(config, run=dataclasses.replace(config.run, **run_options))
-    return config
 
 
 def with_value(config: Config, feature: str, value: str) -> Config:
@@ -59,7 +52,7 @@ def test_a_value_the_model_rejects_fails_in_the_check_stage_naming_it(tmp_path: 
 def test_too_many_actors_are_refused_before_the_lock_or_a_version(ray_session: Any, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     with pytest.raises(ConfigError, match=r"\[run\] actors"):
-        run(example(url, actors=4, cpus_per_actor=1.0))
+        run(example(url, run={"actors": 4, "cpus_per_actor": 1.0}))
     backend = open_backend(url)
     assert backend.records() == {}
     assert backend.acquire_lock("someone-else", 5) is None  # the run took no lock

@@ -16,21 +16,16 @@ from starlette.testclient import TestClient
 
 from precompute.adapters import open_backend, open_reader
 from precompute.api import create_app
-from precompute.config import Config, load_config
+from precompute.config import load_config
 from precompute.model import Model, ModelError
 from precompute.run import VerificationFailed, run
 from precompute.space import GridSpace
 from precompute.store import LockHeld, RunLock, State, Versions
 from precompute.store.codec import encode_key
-from tests.precompute.conftest import EXAMPLE, EXAMPLE_CONFIG
+from tests.precompute.conftest import EXAMPLE, example
 from tests.precompute.models import save_formula_model
 
 pytestmark = pytest.mark.ray
-
-
-def example(url: str, **model: Any) -> Config:
-    config = load_config(EXAMPLE_CONFIG, env={"PRECOMPUTE_STORE": url})
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, **model)) if model else config
 
 
 def direct(keys: list[str]) -> list[float]:
@@ -93,7 +88,7 @@ def test_a_failed_run_changes_nothing_served(ray_session: Any, tmp_path: Path) -
     # Infinite for mother_age 50: the actors must refuse to store it, and the run must fail.
     broken = save_formula_model(tmp_path / "broken", lambda m, age, p, weeks: weeks / (age - 50.0))
     with pytest.raises(VerificationFailed, match="the model returned inf for output 'weight_pounds' at key"):
-        run(example(url, path=broken))
+        run(example(url, model={"path": broken}))
 
     assert versions.live() == live.version
     failed = [r for r in versions.records() if r.version != live.version]
@@ -120,7 +115,7 @@ def test_a_second_run_is_refused_while_one_holds_the_lock(tmp_path: Path) -> Non
 def test_a_missing_model_fails_before_anything_is_written(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     with pytest.raises(ModelError, match="no TensorFlow SavedModel"):
-        run(example(url, path=tmp_path / "nowhere"))
+        run(example(url, model={"path": tmp_path / "nowhere"}))
     assert Versions(open_backend(url)).records() == []
 
 

@@ -21,8 +21,11 @@ import signal
 import socket
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from precompute.config import ConfigError
 
 log = logging.getLogger("precompute")
 
@@ -39,8 +42,45 @@ class ClusterUnavailable(Exception):
 
 
 def resolve(address: str | None) -> str:
-    """What ``ray.init`` is given: ``"local"`` for an empty address, else the address as written."""
+    """What ``ray.init`` is given: ``"local"`` for an empty address, else the address as written.
+
+    Ray Client (``ray://``) is refused: its connection ends the job when it drops (a long load is exposed to
+    every network blip between the driver and the cluster), and a run is better submitted to the cluster.
+    """
+    if address and address.startswith("ray://"):
+        raise ConfigError(
+            f"[run] ray_address (or RAY_ADDRESS): {address!r} is a Ray Client address, which precompute does not "
+            "use. Fix: run `precompute run` on the cluster, e.g. `ray job submit --address http://HEAD:8265 -- "
+            "precompute run --config job.toml` (the job finds the cluster by itself), or give the head's GCS "
+            "address host:6379 from a machine that is a node of the cluster"
+        )
     return address or "local"
+
+
+@dataclass(frozen=True)
+class Node:
+    """An alive Ray node with resources for work (the head of a cluster may have none)."""
+
+    id: str
+    address: str
+    cpus: float
+    gpus: float
+
+    def describe(self) -> str:
+        gpu = f", {self.gpus:g} GPU" if self.gpus else ""
+        return f"{self.id[:8]} ({self.address}, {self.cpus:g} CPU{gpu})"
+
+
+def nodes() -> list[Node]:
+    import ray
+
+    found = []
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
+        resources = node.get("Resources", {})
+        cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+        if node.get("Alive") and (cpus or gpus):
+            found.append(Node(node["NodeID"], node.get("NodeManagerAddress", "?"), cpus, gpus))
+    return found
 
 
 def recorded_address() -> str | None:

@@ -14,6 +14,7 @@ holds the API's tokens, comma-separated.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tomllib
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any, TypeVar, cast, get_args
 from pydantic import BaseModel, ValidationError
 
 from precompute.config_errors import ConfigError, explain
+from precompute.model import cache_dir, fetch, is_uri
 from precompute.settings import (
     TABLE_FORMATS,
     Auth,
@@ -79,15 +81,30 @@ _serve = ServeSection()
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``[model]``, resolved: ``path`` is absolute."""
+    """``[model]``, resolved: ``path`` is absolute. A model given as a URI has ``uri`` set, and ``path`` is
+    the local folder it is fetched into (:meth:`local_path`)."""
 
     path: Path
     signature: str = _default(ModelSection, "signature")
     outputs: tuple[str, ...] | None = _default(ModelSection, "outputs")  # None: every output of the signature
+    uri: str | None = None
 
     @classmethod
     def of(cls, section: ModelSection, base: Path) -> ModelConfig:
-        return cls(base / section.path, section.signature, tuple(section.outputs) if section.outputs else None)
+        outputs = tuple(section.outputs) if section.outputs else None
+        if is_uri(section.path):
+            fetched = cache_dir() / "fetched" / hashlib.sha256(section.path.encode()).hexdigest()[:16]
+            return cls(fetched, section.signature, outputs, uri=section.path)
+        return cls(base / section.path, section.signature, outputs)
+
+    @property
+    def location(self) -> str:
+        """The model as the config names it: its URI, or its absolute path."""
+        return self.uri or str(self.path)
+
+    def local_path(self) -> Path:
+        """The model's folder on this machine, fetched from its URI first (anew: the model may have changed)."""
+        return fetch(self.uri, self.path) if self.uri else self.path
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,8 @@ class RunConfig:
     batch_size: int = _run.batch_size
     write_tasks: int | None = _auto(_run.write_tasks)
     verify_samples: int = _run.verify_samples
+    max_actors: int | None = _run.max_actors
+    ship_code: bool = _run.ship_code
 
     @classmethod
     def of(cls, section: RunSection, env: dict[str, str]) -> RunConfig:
@@ -138,6 +157,8 @@ class RunConfig:
             batch_size=section.batch_size,
             write_tasks=_auto(section.write_tasks),
             verify_samples=section.verify_samples,
+            max_actors=section.max_actors,
+            ship_code=section.ship_code,
         )
 
 

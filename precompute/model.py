@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,36 @@ def fingerprint(path: Path) -> str:
         digest.update(str(file.relative_to(path)).encode() + b"\0")
         digest.update(file.read_bytes())
     return "sha256:" + digest.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where models fetched from a URI (and, on Ray nodes, unpacked models and code) are kept on this
+    machine: ``$PRECOMPUTE_CACHE_DIR``, else ``precompute-cache`` in the temporary folder."""
+    return Path(os.environ.get("PRECOMPUTE_CACHE_DIR") or Path(tempfile.gettempdir()) / "precompute-cache")
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def fetch(uri: str, into: Path) -> Path:
+    """Copy the SavedModel folder at ``uri`` (any filesystem ``pyarrow.fs`` reads: ``gs://``, ``s3://``,
+    ``hdfs://``, ``file://``...) into the local folder ``into``, replacing what was there."""
+    import pyarrow.fs as pafs
+
+    shutil.rmtree(into, ignore_errors=True)
+    into.mkdir(parents=True)
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(root)
+        if info.type != pafs.FileType.Directory:
+            raise ModelError(f"[model] path: {uri} is not a folder (a SavedModel is a folder with saved_model.pb)")
+        pafs.copy_files(root, str(into), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+    except ModelError:
+        raise
+    except Exception as exc:  # pyarrow raises OSError, ArrowInvalid, ... with the filesystem's own message
+        raise ModelError(f"[model] path: cannot read the model at {uri}: {exc}") from exc
+    return into
 
 
 def tensorflow() -> Any:

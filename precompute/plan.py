@@ -22,11 +22,13 @@ class ActorPlan:
     gpus_per_actor: float
     batch_size: int
     write_tasks: int | None
+    max_actors: int | None = None  # an autoscaling pool actors..max_actors; None: a fixed pool
 
     def describe(self) -> str:
         gpu = f", {self.gpus_per_actor:g} GPU" if self.device == "gpu" else ""
         each = f"{self.cpus_per_actor:g} CPU{gpu}"
-        return f"{self.actors} {self.device.upper()} actor(s) x ({each}), batch {self.batch_size}"
+        count = f"{self.actors}..{self.max_actors}" if self.max_actors else str(self.actors)
+        return f"{count} {self.device.upper()} actor(s) x ({each}), batch {self.batch_size}"
 
 
 def plan_actors(run: RunConfig, cluster: dict[str, float]) -> ActorPlan:
@@ -59,4 +61,12 @@ def plan_actors(run: RunConfig, cluster: dict[str, float]) -> ActorPlan:
             f"[run] actors: {actors} actors x {cpus_per_actor:g} CPU leave no CPU of the cluster's {cpus:g} for "
             "reading and writing, and the run would hang. Fix: lower actors or cpus_per_actor (0.5 is fine)"
         )
-    return ActorPlan(device, actors, cpus_per_actor, gpus_per_actor, run.batch_size, run.write_tasks)
+    max_actors = run.max_actors
+    if max_actors is not None and max_actors < actors:
+        raise ConfigError(
+            f"[run] max_actors: {max_actors} is fewer than the {actors} actors the pool starts with. Fix: raise "
+            "max_actors, lower actors, or remove max_actors for a fixed pool"
+        )
+    if max_actors == actors:
+        max_actors = None
+    return ActorPlan(device, actors, cpus_per_actor, gpus_per_actor, run.batch_size, run.write_tasks, max_actors)

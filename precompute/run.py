@@ -3,8 +3,10 @@
 Stages, each timed in the run summary::
 
     check    store URL and options, model and space checked on the driver; every category and range end
-             scored once (a value the model rejects fails here, before anything is created)
-    ray      a local Ray started, or the cluster joined (bounded in time); actors planned against its resources
+             scored once (a value the model rejects fails here, before anything is created); a model URI
+             fetched; a local table checked against what a remote cluster can be sent
+    ray      a local Ray started, or the cluster joined (bounded in time); actors planned against its resources;
+             the model put in Ray's object store (see precompute.shipping: code and model travel through Ray)
     lock     the store's run lock taken; versions left by dead runs cleaned up
     score    Ray Data: grid ids (or table rows) -> actor pool (model loaded once per actor) -> Datasink
     verify   rows written == space size, store count where cheap, golden rows read back and compared
@@ -25,18 +27,21 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from precompute import cluster
+from precompute import cluster, shipping
 from precompute.adapters import backend_class, open_backend
+from precompute.cluster import Node
 from precompute.config import Config, ConfigError
-from precompute.model import Model, ModelError, fingerprint, grid_inputs
+from precompute.model import Model, ModelError, fingerprint, grid_inputs, is_uri
 from precompute.plan import ActorPlan, plan_actors
 from precompute.scoring import GridScorer, TableScorer, grid_keys, table_columns
-from precompute.sink import StoreDatasink
+from precompute.shipping import ModelSource
+from precompute.sink import StoreDatasink, WriteReport
 from precompute.space import Categorical, GridSpace, TableSpace
 from precompute.store import Backend, RunLock, State, StoreError, VersionRecord, Versions
 from precompute.values import NonFiniteOutput, encode_values
@@ -70,6 +75,8 @@ class RunSummary:
     store: str
     plan: str
     dropped: list[str] = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # per node: id, address, actors, rows scored/written
+    write_task_gpus: int = 0  # GPUs held by write tasks, added up (they never ask for one)
 
     @property
     def rows_per_second(self) -> float:
@@ -88,6 +95,11 @@ class RunSummary:
             f"  store     {self.store}",
             f"  actors    {self.plan}",
         ]
+        for node in self.nodes:
+            lines.append(
+                f"  node      {node['id'][:8]} ({node['address']}): {node['actors']} actor(s), "
+                f"{node['rows_scored']:,} rows scored, {node['rows_written']:,} written"
+            )
         if self.dropped:
             lines.append(f"  gc        dropped {', '.join(self.dropped)}")
         return "\n".join(lines)
@@ -109,25 +121,47 @@ class _Stages:
         return {**self.seconds, "total": round(time.perf_counter() - self.started, 3)}
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What the checks and Ray's start decided, before anything is created in the store."""
+
+    model: Model
+    model_id: str
+    source: ModelSource
+    plan: ActorPlan
+    nodes: list[Node]
+    runtime_env: dict[str, Any]  # of every task and actor: the package (unless ship_code = false), env vars
+
+
 def run(config: Config, verbose: bool = False) -> RunSummary:
     """Run the whole job. Raises ConfigError, ModelError, ClusterUnavailable, LockHeld, StoreError or
     VerificationFailed; every check that can fail without touching the store runs before the lock."""
     stages = _Stages()
     with stages.stage("check", f"checking the store URL {config.store_url}"):
+        cluster.resolve(config.run.ray_address)  # a Ray Client address is refused before anything else
         backend = _open_store(config)
     try:
-        with stages.stage("check", f"checking model {config.model.path} against the request space"):
-            model_id = fingerprint(config.model.path)
-            model = Model(config.model.path, config.model.signature, config.model.outputs)
+        with stages.stage("check", f"checking model {config.model.location} against the request space"):
+            local = config.model.local_path()
+            model_id = fingerprint(local)
+            model = Model(local, config.model.signature, config.model.outputs)
             if isinstance(config.space, GridSpace):
                 grid_inputs(config.space, model.signature)
                 _probe(config.space, model)
             else:
                 table_columns(config.space, model.signature)
+                _check_table(config, config.space)
         with stages.stage("ray", _ray_message(config)):
             ray_started, plan = _ray_and_plan(config, verbose)
         try:
-            return _locked_run(config, model, model_id, backend, plan, stages)
+            with stages.stage("ray", "sending the code and the model to the cluster"):
+                nodes = cluster.nodes()
+                if not config.run.ship_code:
+                    shipping.check_installed([node.id for node in nodes])
+                source = shipping.ship_model(local, model_id, config.model.uri)
+                env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+                job = _Job(model, model_id, source, plan, nodes, shipping.runtime_env(config.run.ship_code, env))
+            return _locked_run(config, job, backend, stages)
         finally:
             if ray_started:
                 import ray
@@ -154,9 +188,7 @@ def _open_store(config: Config) -> Backend:
     return open_backend(url)
 
 
-def _locked_run(
-    config: Config, model: Model, model_id: str, backend: Backend, plan: ActorPlan, stages: _Stages
-) -> RunSummary:
+def _locked_run(config: Config, job: _Job, backend: Backend, stages: _Stages) -> RunSummary:
     url = config.store_url
     versions = Versions(backend)
     with RunLock(backend, ttl_s=config.store.lock_ttl_seconds) as lock:
@@ -167,8 +199,8 @@ def _locked_run(
             if stale:
                 log.info("[lock] removed %d unfinished version(s) left by earlier runs: %s", len(stale), stale)
         meta: dict[str, object] = {
-            "model": model_id,
-            "model_path": str(config.model.path),
+            "model": job.model_id,
+            "model_path": config.model.location,
             "config": str(config.source),
         }
         # The announced size lets a backend size its layout (Redis buckets); a table's size is not counted yet.
@@ -176,7 +208,7 @@ def _locked_run(
         record = versions.begin(meta, expected_rows=expected)
         log.info("[begin] writing new version %s", record.version)
         try:
-            return _score_verify_publish(config, model, backend, versions, record, lock, plan, stages)
+            return _score_verify_publish(config, job, backend, versions, record, lock, stages)
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             try:
@@ -198,24 +230,26 @@ def _locked_run(
 
 def _score_verify_publish(
     config: Config,
-    model: Model,
+    job: _Job,
     backend: Backend,
     versions: Versions,
     record: VersionRecord,
     lock: RunLock,
-    plan: ActorPlan,
     stages: _Stages,
 ) -> RunSummary:
-    with stages.stage("score", f"scoring {_space_size(config)} into {record.version}: {plan.describe()}"):
+    plan = job.plan
+    where = "; ".join(node.describe() for node in job.nodes)
+    message = f"scoring {_space_size(config)} into {record.version}: {plan.describe()}, on {len(job.nodes)} node(s): "
+    with stages.stage("score", message + where):
         sink = StoreDatasink(config.store.url, record.version)
         try:
-            _pipeline(config, plan).write_datasink(sink, **_write_args(plan, backend))
+            _pipeline(config, job).write_datasink(sink, **_write_args(job, backend))
         except Exception as exc:
             raise _cause(exc) from exc
         written = sink.rows_written
         expected = _expected_rows(config)
     with stages.stage("verify", f"checking {written:,} written rows"):
-        _verify(config, model, backend, record.version, written, expected)
+        _verify(config, job.model, backend, record.version, written, expected)
     with stages.stage("publish", f"publishing {record.version}"):
         if lock.lost:
             raise StoreError(f"the run lock was lost ({lock.why_lost}); not publishing")
@@ -232,6 +266,8 @@ def _score_verify_publish(
         store=config.store_url.redacted(),
         plan=plan.describe(),
         dropped=dropped,
+        nodes=_per_node(job.nodes, sink.reports),
+        write_task_gpus=sum(report.gpus for report in sink.reports),
     )
     record.meta["summary"] = summary.to_dict()
     backend.put_record(record.version, record.to_bytes())
@@ -327,50 +363,110 @@ def _ray_and_plan(config: Config, verbose: bool) -> tuple[bool, ActorPlan]:
         raise
 
 
-def _pipeline(config: Config, plan: ActorPlan) -> Any:
+def _pipeline(config: Config, job: _Job) -> Any:
     import ray
 
-    space = config.space
+    space, plan = config.space, job.plan
+    pool = (
+        ray.data.ActorPoolStrategy(min_size=plan.actors, max_size=plan.max_actors)
+        if plan.max_actors
+        else ray.data.ActorPoolStrategy(size=plan.actors)
+    )
     common: dict[str, Any] = {
         "batch_size": plan.batch_size,
-        "compute": ray.data.ActorPoolStrategy(size=plan.actors),
+        "compute": pool,
         "num_cpus": plan.cpus_per_actor,
         "num_gpus": plan.gpus_per_actor if plan.device == "gpu" else None,
-        **_runtime_env(),
+        "runtime_env": job.runtime_env,
     }
-    args = (str(config.model.path), config.model.signature, config.model.outputs, space)
+    args = (job.source, config.model.signature, config.model.outputs, space)
     if isinstance(space, GridSpace):
         # Enough blocks that every actor stays busy, small enough that each fits comfortably in memory.
         blocks = max(plan.actors * 4, math.ceil(space.size / 250_000))
         ids = ray.data.range(space.size, override_num_blocks=min(blocks, max(1, space.size)))
         return ids.map_batches(GridScorer, fn_constructor_args=args, batch_format="numpy", **common)
-    return _read_table(space).map_batches(TableScorer, fn_constructor_args=args, batch_format="pyarrow", **common)
+    table = _read_table(config, space)
+    return table.map_batches(TableScorer, fn_constructor_args=args, batch_format="pyarrow", **common)
 
 
-def _read_table(space: TableSpace) -> Any:
+def _local_files(space: TableSpace) -> list[Path]:
+    """The files of a table's local paths (folders walked), on the driver."""
+    files: list[Path] = []
+    for path in (Path(p) for p in space.paths if not is_uri(p)):
+        files += sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    return files
+
+
+def _check_table(config: Config, space: TableSpace) -> None:
+    """Before anything is created: a local table can reach a remote cluster's nodes only through Ray."""
+    if config.run.ray_address is None:
+        return
+    files = _local_files(space)
+    size = sum(f.stat().st_size for f in files if f.exists())
+    if size > shipping.SHIP_TABLE_BYTES:
+        raise ConfigError(
+            f"[space] paths: {[p for p in space.paths if not is_uri(p)]} are on this machine ({size / 1e6:,.0f} MB), "
+            "where the Ray cluster's nodes cannot read them, and more than the "
+            f"{shipping.SHIP_TABLE_BYTES / 1e6:,.0f} MB a run sends through Ray's object store. Fix: put the table "
+            "where every node reads it (s3://, gs://, hdfs://, or file:///path on a volume every node mounts)"
+        )
+
+
+def _read_table(config: Config, space: TableSpace) -> Any:
+    """The table as a Ray Dataset. URIs are read where the tasks run; a local path with a Ray cluster is
+    read here and sent through the object store (small tables only: see :func:`_check_table`)."""
     import ray
 
     readers = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv, "json": ray.data.read_json}
-    return readers[space.format](list(space.paths))
+    local = [p for p in space.paths if not is_uri(p)]
+    if config.run.ray_address is None or not local:
+        return readers[space.format](list(space.paths))
+    import pyarrow.dataset as pads
+
+    formats = {"parquet": "parquet", "csv": "csv", "json": "json"}
+    tables = [pads.dataset(local, format=formats[space.format]).to_table()]
+    remote = [p for p in space.paths if is_uri(p)]
+    parts = [ray.data.from_arrow(tables)] + ([readers[space.format](remote)] if remote else [])
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _runtime_env() -> dict[str, Any]:
-    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    return {"runtime_env": {"env_vars": env}} if env else {}
-
-
-def _write_args(plan: ActorPlan, backend: Backend) -> dict[str, Any]:
-    args: dict[str, Any] = {"ray_remote_args": {"num_cpus": 0.25, **_runtime_env()}}
-    limits = [n for n in (plan.write_tasks, backend.max_writers) if n]
+def _write_args(job: _Job, backend: Backend) -> dict[str, Any]:
+    # Write tasks never hold a GPU (they wait on the store, not on a model).
+    remote = {"num_cpus": 0.25, "num_gpus": 0, "runtime_env": job.runtime_env}
+    args: dict[str, Any] = {"ray_remote_args": remote}
+    limits = [n for n in (job.plan.write_tasks, backend.max_writers) if n]
     if limits:
         args["concurrency"] = min(limits)
     return args
 
 
+def _per_node(nodes: list[Node], reports: list[WriteReport]) -> list[dict[str, Any]]:
+    """Actors and rows per node, from what the write tasks counted."""
+    addresses = {node.id: node.address for node in nodes}
+    rows: dict[str, dict[str, Any]] = {}
+
+    def entry(node: str) -> dict[str, Any]:
+        return rows.setdefault(
+            node,
+            {"id": node, "address": addresses.get(node, "gone"), "actors": 0, "rows_scored": 0, "rows_written": 0},
+        )
+
+    actors: dict[str, set[str]] = {}
+    for report in reports:
+        entry(report.node)["rows_written"] += report.rows
+        for tag, count in report.scored.items():
+            node, _, actor = tag.partition(":")
+            entry(node)["rows_scored"] += count
+            actors.setdefault(node, set()).add(actor)
+    for node, found in actors.items():
+        rows[node]["actors"] = len(found)
+    return sorted(rows.values(), key=lambda r: (r["address"], r["id"]))
+
+
 def _expected_rows(config: Config) -> int:
     if isinstance(config.space, GridSpace):
         return config.space.size
-    count: int = _read_table(config.space).count()
+    count: int = _read_table(config, config.space).count()
     return count
 
 
@@ -385,7 +481,7 @@ def _golden(config: Config, model: Model) -> dict[bytes, bytes]:
         features = {name: values[indices[name]] for name, values in inputs.items()}
         keys = grid_keys(space, indices)
     else:
-        sample = pa.Table.from_pylist(_read_table(space).take(n))
+        sample = pa.Table.from_pylist(_read_table(config, space).take(n))
         keys = sample.column(space.key_column).cast(pa.string()).combine_chunks()
         features = {}
         for name, column in table_columns(space, model.signature).items():

@@ -81,7 +81,10 @@ class ModelSection(_Section):
     model_config = ConfigDict(title="[model]")
 
     path: str = Field(
-        description="A TensorFlow SavedModel directory, relative to this file.", examples=["model"], min_length=1
+        description="A TensorFlow SavedModel directory, relative to this file, or a URI read where it is used "
+        "(gs://, s3://, hdfs://, or file:// for a folder every Ray node mounts).",
+        examples=["model", "gs://my-bucket/models/babyweight/3"],
+        min_length=1,
     )
     signature: str = Field("serving_default", description="The SavedModel signature to call.")
     outputs: list[str] | None = Field(
@@ -278,15 +281,21 @@ class RunSection(_Section):
 
     ray_address: str = Field(
         "",
-        description='"" starts Ray locally (or joins RAY_ADDRESS when set); "ray://head:10001" or "auto" joins '
-        "a cluster.",
-        examples=["ray://head:10001"],
+        description='"" starts Ray locally (or joins RAY_ADDRESS when set); "host:port" (the head\'s GCS port) or '
+        '"auto" (the cluster `ray start` recorded on this machine) joins a cluster. Ray Client (ray://) is refused.',
+        examples=["10.0.0.5:6379", "auto"],
     )
     device: Device = Field("auto", description='"auto" (GPUs when the cluster has them), "cpu" or "gpu".')
     actors: PositiveInt | Auto = Field(
         "auto",
         description='Scoring actors. "auto": one per GPU, or a few CPU actors that leave CPU for I/O.',
         examples=[2],
+    )
+    max_actors: PositiveInt | None = Field(
+        None,
+        description="Let the actor pool grow up to this many actors while the cluster has (or autoscales to) room; "
+        "default: a fixed pool of `actors`.",
+        examples=[16],
     )
     cpus_per_actor: PositiveFloat | Auto = Field(
         "auto",
@@ -304,6 +313,11 @@ class RunSection(_Section):
     )
     verify_samples: PositiveInt = Field(
         64, description="Golden keys re-scored on the driver and compared after the load."
+    )
+    ship_code: bool = Field(
+        True,
+        description="Send this package to the Ray workers with the run (Ray's runtime environment). false: use "
+        "the precompute installed in the cluster's image, after checking that every node runs the driver's version.",
     )
 
 

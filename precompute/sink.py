@@ -1,15 +1,20 @@
 """The Ray Data Datasink that bulk-loads scored rows into one version of the store.
 
 The sink object carries only picklable configuration (the URL and the version id). Each write task opens
-its own backend from the URL, writes its blocks in the backend's preferred chunk size, and returns how many
-rows it wrote; the driver adds those up in :meth:`StoreDatasink.on_write_complete` for verification.
+its own backend from the URL, writes its blocks in the backend's preferred chunk size, and returns a
+:class:`WriteReport`: how many rows it wrote, on which node, holding how many GPUs (none: write tasks never
+ask for one), and how many of its rows each scoring actor produced (the ``scorer`` column). The driver adds
+them up in :meth:`StoreDatasink.on_write_complete`, for verification and for the run summary.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from ray.data.block import BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
@@ -18,14 +23,38 @@ from precompute.adapters import open_backend
 ROWS_PER_WRITE_TASK = 262_144
 
 
-class StoreDatasink(Datasink[int]):
+@dataclass
+class WriteReport:
+    rows: int = 0
+    node: str = ""
+    gpus: int = 0
+    scored: Counter[str] = field(default_factory=Counter)  # "<node id>:<actor id>" -> rows
+
+
+def _scorers(table: Any) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    if "scorer" not in table.column_names:
+        return counts
+    for chunk in table.column("scorer").chunks:
+        tally = np.bincount(chunk.indices.to_numpy(zero_copy_only=False), minlength=len(chunk.dictionary))
+        for tag, n in zip(chunk.dictionary.to_pylist(), tally.tolist(), strict=True):
+            if n:
+                counts[tag] += n
+    return counts
+
+
+class StoreDatasink(Datasink[WriteReport]):
     def __init__(self, url: str, version: str) -> None:
         self.url = url
         self.version = version
-        self.rows_written = 0
+        self.reports: list[WriteReport] = []
 
     def get_name(self) -> str:
         return "StoreWrite"
+
+    @property
+    def rows_written(self) -> int:
+        return sum(report.rows for report in self.reports)
 
     @property
     def min_rows_per_write(self) -> int:
@@ -33,26 +62,29 @@ class StoreDatasink(Datasink[int]):
         # connections for 10 M rows. Bundled, a 2 M-row load runs in 4 tasks of ~300 k rows/s each.
         return ROWS_PER_WRITE_TASK
 
-    def write(self, blocks: Iterable[Any], ctx: Any) -> int:
+    def write(self, blocks: Iterable[Any], ctx: Any) -> WriteReport:
+        import ray
+
+        report = WriteReport(node=ray.get_runtime_context().get_node_id(), gpus=len(ray.get_gpu_ids()))
         backend = open_backend(self.url)
-        written = 0
         pending: list[tuple[bytes, bytes]] = []
         try:
             # Rows of several blocks go out together: bigger calls let a backend group more (Redis loads
             # 375 k rows/s in 200 k-row calls, 589 k in 1 M-row calls).
             for block in blocks:
                 table = BlockAccessor.for_block(block).to_arrow()
+                report.scored += _scorers(table)
                 pending.extend(zip(table.column("key").to_pylist(), table.column("value").to_pylist(), strict=True))
                 if len(pending) >= backend.max_write_batch:
                     backend.write(self.version, pending)
-                    written += len(pending)
+                    report.rows += len(pending)
                     pending = []
             if pending:
                 backend.write(self.version, pending)
-                written += len(pending)
+                report.rows += len(pending)
         finally:
             backend.close()
-        return written
+        return report
 
-    def on_write_complete(self, write_result: WriteResult[int]) -> None:
-        self.rows_written = int(sum(write_result.write_returns))
+    def on_write_complete(self, write_result: WriteResult[WriteReport]) -> None:
+        self.reports = list(write_result.write_returns)

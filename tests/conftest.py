@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-# Every module in tests/servers/ is a fixture plugin; each lists the store-URL fixtures it provides.
+# Every module in tests/servers/ is a fixture plugin; each store server lists the store-URL fixtures it provides.
 SERVER_MODULES = sorted(
     f"tests.servers.{p.stem}" for p in (Path(__file__).parent / "servers").glob("*.py") if p.stem != "__init__"
 )
@@ -25,7 +25,7 @@ for _name, _value in (
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    names = [name for module in SERVER_MODULES for name in sys.modules[module].STORE_FIXTURES]
+    names = [name for module in SERVER_MODULES for name in getattr(sys.modules[module], "STORE_FIXTURES", [])]
     down = [name for module in SERVER_MODULES for name in getattr(sys.modules[module], "DOWN_FIXTURES", [])]
     for fixture, wanted, suffix in (
         ("store_url", names, "_store_url"),

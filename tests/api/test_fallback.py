@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from starlette.testclient import TestClient
 
@@ -65,6 +66,7 @@ def test_the_environment_turns_the_fallback_on_for_the_example_model() -> None:
         scorer.model = client.app.state.online.model  # type: ignore[attr-defined]
         scorer.space = space
         scorer.inputs = grid_inputs(space, scorer.model.signature)
+        scorer.tag = pa.array(["driver:none"])
         ids = np.random.default_rng(7).choice(space.size, 12, replace=False)
         for row in ids:
             stored = scorer({"id": np.array([row])})

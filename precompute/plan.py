@@ -10,8 +10,11 @@ from dataclasses import dataclass
 
 from precompute.config import ConfigError, RunConfig
 
-# CPU left free for Ray Data's read and write tasks.
-RESERVED_CPUS = 0.5
+# CPU of each of Ray Data's read and write tasks (they wait on I/O), and what the actors leave free for
+# them: one read and one write task at a time at least. A read task at Ray's default of 1 CPU starved the
+# writes of a 2-CPU cluster and the run stalled.
+IO_TASK_CPUS = 0.25
+RESERVED_CPUS = 2 * IO_TASK_CPUS
 
 
 @dataclass(frozen=True)

@@ -108,23 +108,22 @@ def runtime_env(ship_code: bool, env_vars: dict[str, str]) -> dict[str, Any]:
     return env
 
 
-def _installed_version() -> tuple[str, str]:
-    import ray
-
-    node = ray.get_runtime_context().get_node_id()
-    try:
-        import precompute as installed
-    except ImportError:
-        return node, "not installed"
-    return node, str(getattr(installed, "__version__", "not installed"))
-
-
 def check_installed(nodes: list[str]) -> None:
     """With ``ship_code = false``: every node must import the driver's version of ``precompute``."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = ray.remote(num_cpus=0)(_installed_version)
+    def installed_version() -> tuple[str, str]:  # nested, so that it travels by value (not by module name)
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        try:
+            import precompute as installed
+        except ImportError:
+            return node, "not installed"
+        return node, str(getattr(installed, "__version__", "not installed"))
+
+    probe = ray.remote(num_cpus=0)(installed_version)
     refs = [
         probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote() for node in nodes
     ]

@@ -63,6 +63,7 @@ def ray_session() -> Iterator[Any]:
     """One Ray instance for the whole test session (``ray.init`` alone takes seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # "local": never the cluster `ray start` recorded on the machine (the cluster tests start one).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

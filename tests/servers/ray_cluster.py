@@ -124,8 +124,22 @@ class RayCluster:
         os.close(log)
         wait_for_port(self.port, self.nodes["head"], timeout=60)
 
-    def add_node(self, name: str, cpus: float = 1, gpus: int = 0) -> None:
-        """A worker node in a private mount namespace that cannot see the checkout or ``driver_dir``."""
+    def add_node(self, name: str, cpus: float = 1, gpus: int = 0, attempts: int = 3) -> None:
+        """A worker node in a private mount namespace that cannot see the checkout or ``driver_dir``, up and
+        registered when this returns. Nodes start one at a time (two nodes on one address starting together
+        can miss each other's registration), and a node that timed out starting on a busy machine is started
+        again."""
+        for attempt in range(1, attempts + 1):
+            self._start_node(name, cpus, gpus)
+            try:
+                self.wait_for_nodes(len(self.nodes))
+                return
+            except RuntimeError:
+                self.nodes.pop(name).wait()
+                if attempt == attempts:
+                    raise
+
+    def _start_node(self, name: str, cpus: float, gpus: int) -> None:
         hide = [ROOT / folder for folder in HIDDEN if (ROOT / folder).exists()] + [self.driver_dir]
         mounts = " && ".join(f"mount -t tmpfs -o size=1m,mode=0555 none '{path}'" for path in hide)
         start = [*_ray(), "start", "--address", self.address, "--num-cpus", f"{cpus:g}", "--num-gpus", str(gpus)]
@@ -162,6 +176,21 @@ class RayCluster:
                 return
             time.sleep(1)
         raise TimeoutError(f"{alive} of {count} Ray nodes alive after {timeout:.0f} s")
+
+    def busy_workers(self, name: str, title: str, cpu_seconds: float) -> int:
+        """How many worker processes of node ``name`` whose title contains ``title`` (e.g. ``MapWorker``) have
+        used at least ``cpu_seconds`` of CPU (a scoring actor that has loaded its model and is working)."""
+        busy = 0
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in descendants(self.nodes[name].pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if title in cmdline and (int(fields[11]) + int(fields[12])) / tick >= cpu_seconds:
+                busy += 1
+        return busy
 
     def log(self, name: str) -> str:
         return (self.temp_dir / f"{name}.log").read_text(errors="replace")
@@ -204,7 +233,7 @@ def can_unshare() -> bool:
     return probe.returncode == 0
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def driver_dir() -> Iterator[Path]:
     """A folder only the driver sees: worker nodes of :func:`ray_cluster` get an empty mount over it."""
     path = Path(tempfile.mkdtemp(prefix="precompute-driver-"))
@@ -212,7 +241,7 @@ def driver_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster(driver_dir: Path) -> Iterator[RayCluster]:
     """Head (0 CPUs) + node ``cpu`` (1 CPU) + node ``gpu`` (1 CPU, declared 1 GPU), on loopback."""
     if not can_unshare():
@@ -223,7 +252,6 @@ def ray_cluster(driver_dir: Path) -> Iterator[RayCluster]:
         cluster.start_head()
         cluster.add_node("cpu", cpus=1)
         cluster.add_node("gpu", cpus=1, gpus=1)
-        cluster.wait_for_nodes(3)
         yield cluster
     finally:
         cluster.stop()

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
 
@@ -29,11 +29,20 @@ from precompute.api.cache import HotCache, NegativeCache
 from precompute.api.live import LiveVersion
 from precompute.api.metrics import Metrics, Observer, Unobserved, gauge
 from precompute.api.online import OnlineAnswers
-from precompute.api.responses import NON_FINITE, RETRY, LookupFailed, splice
+from precompute.api.responses import (
+    NON_FINITE,
+    PRECOMPUTED_ITEM,
+    RETRY,
+    LookupFailed,
+    batch_body,
+    batch_error,
+    quoted,
+    splice,
+)
 from precompute.config import Config
-from precompute.space import Decoded, GridSpace, SpaceError
+from precompute.space import Categorical, Decoded, GridSpace, Space, SpaceError
 from precompute.store import Reader, StoreError
-from precompute.store.codec import InvalidKey, encode_key
+from precompute.store.codec import MAX_KEY_BYTES, InvalidKey, control_free, encode_key
 
 if TYPE_CHECKING:
     from precompute.api.batching import Batcher
@@ -68,6 +77,7 @@ class Lookup:
         self.answers = OnlineAnswers(batcher, metrics, serve.deadline_ms) if batcher is not None else None
         self.max_batch = serve.max_batch_keys
         self.max_key = serve.max_key_bytes
+        self.quick_key, self.quick_limit = quick_keys(self.space, self.max_key)
 
     # -- keys ---------------------------------------------------------------------------------------
 
@@ -207,6 +217,12 @@ class Lookup:
     # -- many keys ----------------------------------------------------------------------------------
 
     async def many(self, payload: object, started: float) -> bytes:
+        """The body of ``POST /predict``: one item per requested key (or features), in order, all from one
+        version, each an answer or its own error; raises LookupFailed for the request as a whole.
+
+        A key already in canonical form and in the space (what clients send) is taken as it is
+        (:func:`quick_keys`); any other goes through :meth:`resolve`, as a single key would. Then one
+        ``get_many`` for every key, and each hit's stored bytes spliced into its item."""
         if not isinstance(payload, dict) or not (("keys" in payload) ^ ("features" in payload)):
             raise LookupFailed(400, 'expected {"keys": ["k1", ...]} or {"features": [{"name": value, ...}, ...]}')
         requested = payload.get("keys", payload.get("features"))
@@ -217,11 +233,18 @@ class Lookup:
         version = self.live.version
         if version is None and not self.online_may_answer():
             raise LookupFailed(503, self.unavailable(), headers=RETRY)
-        results: list[dict[str, Any]] = []
+        by_key = "keys" in payload
+        quick = self.quick_key if by_key else None
+        limit = self.quick_limit
+        items: list[bytes] = []  # one JSON object per requested item; b"" until it is answered
         wanted: list[tuple[int, str, Decoded | None]] = []
         for item in requested:
+            if quick is not None and type(item) is str and len(item) <= limit and item.isascii() and quick(item):
+                wanted.append((len(items), item, None))
+                items.append(b"")
+                continue
             try:
-                if "keys" in payload:
+                if by_key:
                     if not isinstance(item, str):
                         raise LookupFailed(400, f"a key must be a string, got {json.dumps(item)[:100]}")
                     key, decoded = self.resolve(item)
@@ -230,10 +253,11 @@ class Lookup:
                         raise LookupFailed(400, "each features entry must be an object")
                     key, decoded = self.from_features(item)
             except LookupFailed as exc:
-                results.append({"key": item if isinstance(item, str) else None, **exc.body(), "status": exc.status})
+                named = item if isinstance(item, str) else None
+                items.append(batch_error({"key": named, **exc.body(), "status": exc.status}))
                 continue
-            wanted.append((len(results), key, decoded))
-            results.append({"key": key})
+            wanted.append((len(items), key, decoded))
+            items.append(b"")
         values: list[bytes | None] = [None] * len(wanted)
         reason = "miss"
         if version is None:
@@ -249,22 +273,39 @@ class Lookup:
             finally:
                 self.store_seconds.observe(time.perf_counter() - read_at)
         online: list[tuple[int, str, Decoded]] = []
+        may_score = self.fallback == "on" or (reason == "store_down" and self.fallback != "off")
         for (index, key, decoded), value in zip(wanted, values, strict=True):
             if value is not None:
-                results[index].update(prediction=json.loads(value), source="precomputed", status=200)
-            elif self.fallback == "on" or (reason == "store_down" and self.fallback != "off"):
+                items[index] = PRECOMPUTED_ITEM % (quoted(key), value)
+                continue
+            if may_score:
                 if decoded is None and isinstance(self.space, GridSpace):
                     decoded = self.space.decode(key)
                 if decoded is not None:
                     online.append((index, key, decoded))
                     continue
-                results[index].update(error=f"key is not in version {version}", status=404)
-            else:
-                results[index].update(error=f"key is not in version {version}", status=404)
+            items[index] = batch_error({"key": key, "error": f"key is not in version {version}", "status": 404})
         if online:
             assert self.answers is not None
             self.metrics.fallback(reason, len(online))
             outcome = await self.answers.scored([(key, decoded) for _, key, decoded in online], version, started)
-            for (index, _, _), scored in zip(online, outcome, strict=True):
-                results[index].update(self.answers.result(scored))
-        return json.dumps({"model_version": version, "results": results}).encode()
+            for (index, key, _), scored in zip(online, outcome, strict=True):
+                items[index] = self.answers.item(key, scored)
+        return batch_body(version, items)
+
+
+def quick_keys(space: Space, max_key: int) -> tuple[Callable[[str], bool] | None, int]:
+    """``(test, limit)``: an ASCII key of at most ``limit`` characters that passes ``test`` is what
+    :meth:`Lookup.resolve` would return unchanged, with no error and nothing to decode (a batch takes it as
+    it is); ``test`` is None where no key can be taken so.
+
+    On a grid: the canonical key of a point of the grid (:meth:`GridSpace.canonical`), made only of its
+    labels and the template's literals. When none of those holds a control character, such a key is one
+    :func:`encode_key` accepts as long as it fits both limits. On a table: a non-empty key without control
+    characters."""
+    limit = min(max_key, MAX_KEY_BYTES)
+    if isinstance(space, GridSpace):
+        labels = [value for d in space.dimensions if isinstance(d, Categorical) for value in d.values]
+        texts = [*space.template.literals, *labels]
+        return (space.canonical if all(control_free(text) for text in texts) else None), limit
+    return (lambda key: bool(key) and control_free(key)), limit

@@ -4,13 +4,12 @@ request gets when the model cannot answer in time (a 503 with its cause, or the 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from precompute.api.metrics import Metrics
-from precompute.api.responses import NON_FINITE, RETRY, LookupFailed, splice
+from precompute.api.responses import NON_FINITE, RETRY, LookupFailed, batch_error, batch_item, splice
 from precompute.space import Decoded
 
 if TYPE_CHECKING:
@@ -77,22 +76,12 @@ class OnlineAnswers:
             return splice(key, self.default, b"default", None), "default"
         raise LookupFailed(503, self.message(cause), source="online", headers=RETRY, key=key, cause=cause)
 
-    def result(self, scored: Scored | str) -> dict[str, Any]:
-        """One item of a POST /predict answer."""
+    def item(self, key: str, scored: Scored | str) -> bytes:
+        """One item of a POST /predict answer, its prediction spliced in as the model's bytes."""
         if isinstance(scored, str):
             if self.default is not None:
-                return {
-                    "prediction": json.loads(self.default),
-                    "source": "default",
-                    "model_version": None,
-                    "status": 200,
-                }
-            return {"error": self.message(scored), "cause": scored, "status": 503}
+                return batch_item(key, self.default, b"default", None)
+            return batch_error({"key": key, "error": self.message(scored), "cause": scored, "status": 503})
         if scored.value is None:
-            return {"error": NON_FINITE, "status": 422}
-        return {
-            "prediction": json.loads(scored.value),
-            "source": "online",
-            "model_version": scored.model_version,
-            "status": 200,
-        }
+            return batch_error({"key": key, "error": NON_FINITE, "status": 422})
+        return batch_item(key, scored.value, b"online", scored.model_version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 RETRY = {"Retry-After": "1"}
@@ -44,3 +45,38 @@ def splice(key: str, value: bytes, source: bytes, model_version: str | None) -> 
             b"}",
         )
     )
+
+
+# -- POST /predict: one JSON object per item -------------------------------------------------------------
+# A batch answer is written as the bytes json.dumps() would write for {"model_version", "results"} (its
+# default separators, ", " and ": ", and ASCII escapes), with each prediction spliced in as the store (or the
+# model) holds it, as GET /predict/{key} does, rather than decoded and encoded again.
+
+#: A hit's item: ``PRECOMPUTED_ITEM % (quoted(key), value)``.
+PRECOMPUTED_ITEM = b'{"key": %b, "prediction": %b, "source": "precomputed", "status": 200}'
+
+
+def quoted(text: str) -> bytes:
+    """``text`` as a JSON string, the bytes ``json.dumps(text)`` writes."""
+    return encode_basestring_ascii(text).encode()
+
+
+def batch_item(key: str, value: bytes, source: bytes, model_version: str | None) -> bytes:
+    """An item answered with a value that carries its model version (online, or the default)."""
+    version = quoted(model_version) if model_version is not None else b"null"
+    return b'{"key": %b, "prediction": %b, "source": "%b", "model_version": %b, "status": 200}' % (
+        quoted(key),
+        value,
+        source,
+        version,
+    )
+
+
+def batch_error(item: dict[str, Any]) -> bytes:
+    """An item that is an error: its fields as json.dumps writes them."""
+    return json.dumps(item).encode()
+
+
+def batch_body(model_version: str | None, items: list[bytes]) -> bytes:
+    """The whole answer around its items."""
+    return b'{"model_version": %b, "results": [%b]}' % (json.dumps(model_version).encode(), b", ".join(items))

@@ -3,7 +3,7 @@
 a ratio; each is the median of --runs runs.
 
     python bench/serving.py [--config examples/babyweight/precompute.toml] [--store URL] [--runs 3]
-                            [--seconds 5] [--only storm,concurrent,cache,metrics,policy] [--against DIR]
+                            [--seconds 5] [--only storm,concurrent,cache,batch,metrics,policy] [--against DIR]
 
 Needs `wrk` (Debian package `wrk`) and a published version in the store (`precompute run` first). With
 `redis-server` on the PATH, the cache figures are also taken on Redis (the live version is copied into a
@@ -17,6 +17,11 @@ Sections:
               dense model built here (4 x 2048-wide layers: a call at batch 1 costs milliseconds).
   concurrent  N requests sent at once (one connection each) and the model calls they cost.
   cache       hits only, keys drawn from Zipf(1.1) over the whole grid: hot cache on, small, off.
+  batch       POST /predict with 1,000 distinct keys against single-key GETs, 32 connections each: keys/s,
+              p50 and p99, and batch keys/s over single keys/s (GETs with the hot cache off, every key a
+              store read, and on, every key a hot hit); on SQLite and, with redis-server, Redis. With
+              --against DIR, that revision's server takes the same turns (cache off), so the before and
+              after come from one run.
   metrics     hit throughput with [serve] metrics = false, on, and on while /metrics is scraped
               every 1 s and every 0.1 s; with --against DIR (a checkout of another revision, e.g.
               `git archive REV | tar -x -C DIR`), that revision's server too, metrics on and off, in the
@@ -155,6 +160,7 @@ def wrk(port: int, script: Path, connections: int, seconds: float) -> dict[str, 
     out = subprocess.run([*cmd, f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True).stdout
     found = {name: re.search(pattern, out) for name, pattern in (("rps", r"Requests/sec:\s+([\d.]+)"),)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
     total = re.search(r"(\d+) requests in", out)
     return {
         "rps": float(found["rps"].group(1)) if found["rps"] else float("nan"),
@@ -163,6 +169,7 @@ def wrk(port: int, script: Path, connections: int, seconds: float) -> dict[str, 
         "p50": _ms(m.group(1)) if (m := re.search(r"^\s*50%\s+(\S+)", out, re.M)) else float("nan"),
         "p99": _ms(m.group(1)) if (m := re.search(r"^\s*99%\s+(\S+)", out, re.M)) else float("nan"),
         "errors": float(errors.group(1)) if errors else 0.0,
+        "timeouts": float(timeouts.group(1)) if timeouts else 0.0,
         "requests": float(total.group(1)) if total else float("nan"),
     }
 
@@ -442,6 +449,101 @@ def cache(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
                         f"{store_name:<7} {variant:<20} {connections:>5} {r['rps']:>8,.0f} {r['p50']:>8.3f} "
                         f"{r['p99']:>8.3f} {r['hit_ratio']:>9.3f} {paired(results, variant, 'off', connections):>5.2f}x"
                     )
+
+
+BATCH_SCRIPT = """
+local bodies = {}
+for line in io.lines("%s") do bodies[#bodies + 1] = line end
+local headers = {["Content-Type"] = "application/json"}
+local i = 0
+request = function()
+  i = (i %% #bodies) + 1
+  return wrk.format("POST", "/predict", headers, bodies[i])
+end
+"""
+BATCH_KEYS = 1000
+BATCH_CONNECTIONS = 32
+
+
+def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path) -> None:
+    """Keys/s of POST /predict with 1,000 keys against single-key GETs, both at 32 connections."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    n = min(BATCH_KEYS, space.size)
+    bodies = tmp / "batch-bodies.txt"
+    bodies.write_text(
+        "".join(
+            json.dumps({"keys": [space.key_for_id(int(i)) for i in rng.choice(space.size, n, replace=False)]}) + "\n"
+            for _ in range(50)
+        )
+    )
+    post = tmp / "batch.lua"
+    post.write_text(BATCH_SCRIPT % bodies)
+    get_script = key_script(tmp, "batch-single", [space.key_for_id(int(i)) for i in rng.permutation(space.size)])
+    c = BATCH_CONNECTIONS
+    # variant -> (server, keys per request); a server answers both its GETs and its POSTs.
+    variants = {
+        "GET, cache off": ("cache off", 1),
+        "GET, cache on": ("cache on", 1),
+        f"POST {n:,} keys": ("cache off", n),
+    }
+    configs = {"cache off": {"cache_bytes": 0}, "cache on": {}}
+    roots: dict[str, Path] = {}
+    if args.against is not None:
+        variants |= {"against: GET, cache off": ("against", 1), f"against: POST {n:,} keys": ("against", n)}
+        configs["against"] = {"cache_bytes": 0}
+        roots["against"] = args.against.resolve()
+
+    def measure(name: str, port: int, connections: int) -> dict[str, float]:
+        keys = variants[name][1]
+        before = cpu_seconds(PIDS[port])
+        result = wrk(port, post if keys > 1 else get_script, connections, args.seconds)
+        result["keys"] = result["rps"] * keys
+        result["cpu_us"] = (cpu_seconds(PIDS[port]) - before) / max(result["requests"] * keys, 1) * 1e6
+        return result
+
+    with redis_copy(config, space, tmp) as redis_url:
+        stores = [("sqlite", args.store)] + ([("redis", redis_url)] if redis_url else [])
+        print(
+            f"\n== batch lookups: POST /predict with {n:,} distinct keys against single-key GETs, {c} connections, "
+            f"{args.runs} x {args.seconds}s"
+        )
+        if redis_url is None:
+            print("   (redis-server not found: SQLite only)")
+        if args.against is not None:
+            print(f"   against: the server of {args.against}")
+        print(
+            f"{'store':<7} {'variant':<26} {'req/s':>8} {'keys/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+            f"{'timeouts':>8} {'CPU us/key':>10} {'x GET off':>9} {'x GET on':>8}"
+        )
+        for store_name, url in stores:
+            assert url is not None
+            paths = {server: write_config(args.config, tmp, serve) for server, serve in configs.items()}
+            with servers(paths, url, roots) as by_server:
+                ports = {name: by_server[server] for name, (server, _) in variants.items()}
+                results = interleaved(ports, (c,), args.runs, measure)
+            for name in variants:
+                row = {f: median(results[(name, c)], f) for f in ("rps", "keys", "p50", "p99", "errors", "timeouts")}
+                cpu = median(results[(name, c)], "cpu_us")
+                base = "against: GET, cache off" if name.startswith("against") else "GET, cache off"
+                off = paired(results, name, base, c, "keys")
+                on = f"{paired(results, name, 'GET, cache on', c, 'keys'):>7.1f}x"
+                print(
+                    f"{store_name:<7} {name:<26} {row['rps']:>8,.0f} {row['keys']:>9,.0f} {row['p50']:>8.2f} "
+                    f"{row['p99']:>8.1f} {row['errors']:>6.0f} {row['timeouts']:>8.0f} {cpu:>10.2f} {off:>8.1f}x {on}"
+                )
+            if args.against is not None:
+                name = f"POST {n:,} keys"
+                ratio = paired(results, name, f"against: {name}", c, "keys")
+                p99 = paired(results, name, f"against: {name}", c, "p99")
+                cpu = paired(results, name, f"against: {name}", c, "cpu_us")
+                print(
+                    f"   {store_name}: this revision / against, POST {n:,} keys: {ratio:.2f}x the keys/s, {p99:.2f}x "
+                    f"the p99, {cpu:.2f}x the CPU per key"
+                )
 
 
 def metrics(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path) -> None:
@@ -771,8 +873,10 @@ def main() -> None:
     parser.add_argument("--store", help="store URL (default: the config's; PRECOMPUTE_STORE also works)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--only", default="storm,concurrent,cache,metrics,policy")
-    parser.add_argument("--against", type=Path, help="metrics: also run the server of this checkout (another revision)")
+    parser.add_argument("--only", default="storm,concurrent,cache,batch,metrics,policy")
+    parser.add_argument(
+        "--against", type=Path, help="metrics, batch: also run the server of this checkout (another revision)"
+    )
     args = parser.parse_args()
     sections = set(args.only.split(","))
     if sections - {"policy", "metrics-in-process"} and not shutil.which("wrk"):
@@ -794,6 +898,8 @@ def main() -> None:
             concurrent(args, config, space, tmp)
         if "cache" in sections:
             cache(args, config, space, tmp)
+        if "batch" in sections:
+            batch(args, config, space, tmp)
         if "metrics" in sections:
             metrics(args, config, space, tmp)
         elif "metrics-in-process" in sections:

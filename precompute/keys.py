@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -50,6 +51,18 @@ class KeyTemplate:
         """The raw text of each field, or None when ``key`` does not have the template's shape."""
         match = self._pattern.match(key)
         return match.groupdict() if match else None
+
+    @cached_property
+    def separator(self) -> str | None:
+        """The one literal between every two fields when there is nothing before the first nor after the
+        last (``{a}:{b}:{c}``), else None."""
+        inner = set(self.literals[1:-1])
+        return inner.pop() if len(inner) == 1 and not self.literals[0] and not self.literals[-1] else None
+
+    def parts(self, key: str) -> tuple[str, ...] | None:
+        """The raw text of each field in the template's order (:meth:`split`'s values), or None."""
+        match = self._pattern.match(key)
+        return match.groups() if match else None
 
     def separators(self) -> set[str]:
         return {piece for piece in self.literals if piece}

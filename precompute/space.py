@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
+from operator import contains
 
 import numpy as np
 import numpy.typing as npt
@@ -147,6 +148,26 @@ class GridSpace:
 
     def key_for_id(self, row: int) -> str:
         return self.key_of({name: int(index[0]) for name, index in self.indices(np.array([row])).items()})
+
+    @cached_property
+    def _positions_by_field(self) -> tuple[Mapping[str, int], ...]:
+        return tuple(self.by_name[name].positions for name in self.template.fields)
+
+    def canonical(self, key: str) -> bool:
+        """Whether ``key`` is a point of the grid written canonically: exactly when :meth:`decode` would
+        return it unchanged, in the space. A test that builds nothing, for batches of keys; a key for
+        which it is False is decoded as usual."""
+        positions = self._positions_by_field
+        separator = self.template.separator
+        if separator is not None:
+            # The pattern's fields are lazy and non-empty: each ends at the first separator after at least
+            # one character, which is where str.split cuts. So one non-empty part per field from str.split
+            # are the pattern's parts; anything else (a label holding the separator) is left to the pattern.
+            split = key.split(separator)
+            if len(split) == len(positions) and all(split):
+                return all(map(contains, positions, split))
+        parts = self.template.parts(key)
+        return parts is not None and all(map(contains, positions, parts))
 
     def decode(self, key: str) -> Decoded:
         """Parse ``key``. Raises :class:`SpaceError` (malformed) when it cannot be read as features."""

@@ -56,6 +56,11 @@ def encode_key(key: str) -> bytes:
     return data
 
 
+def control_free(text: str) -> bool:
+    """Whether ``text`` holds no control character (one that :func:`encode_key` refuses in a key)."""
+    return _CONTROL.search(text) is None
+
+
 def decode_key(data: bytes) -> str:
     return data.decode("utf-8")
 

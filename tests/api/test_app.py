@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -114,6 +115,29 @@ def test_batch_lookup_answers_in_input_order_from_one_version(config: Config) ->
     assert by_features.json()["results"][0]["prediction"] == {"weight_pounds": 7.31}
     assert too_many.status_code == 413
     assert not_json.status_code == 400
+
+
+def test_batch_items_splice_the_stored_bytes_as_a_single_lookup_does(config: Config) -> None:
+    """Each hit's prediction is the stored value as it is (what GET /predict/{key} answers), not decoded and
+    encoded again (which wrote 5.5e-05 and escaped the e-acute); everything around it is what json.dumps
+    writes, errors per key included."""
+    stored = b'{"weight_pounds":5.5e-5,"unit":"lb\xc3\xa9"}'
+    version = publish(config, {KEY: stored})
+    keys = [KEY, "True:25.0:Single(1):39", "bad", "False:31:Twins(2):36", 5, KEY]
+    with TestClient(create_app(config)) as client:
+        single = client.get(f"/predict/{KEY}")
+        response = client.post("/predict", json={"keys": keys})
+    assert b'"prediction":' + stored + b',"source":"precomputed"' in single.content
+    hit = b'{"key": "True:25:Single(1):39", "prediction": ' + stored + b', "source": "precomputed", "status": 200}'
+    template = "{is_male}:{mother_age}:{plurality}:{gestation_weeks}"
+    errors = [
+        {"key": "bad", "error": f"key 'bad' does not match the template '{template}'", "status": 400},
+        {"key": "False:31:Twins(2):36", "error": f"key is not in version {version}", "status": 404},
+        {"key": None, "error": "a key must be a string, got 5", "status": 400},
+    ]
+    items = [hit, hit, *(json.dumps(error).encode() for error in errors), hit]
+    assert response.content == b'{"model_version": "%s", "results": [%s]}' % (version.encode(), b", ".join(items))
+    assert response.json()["results"][0]["prediction"] == {"weight_pounds": 5.5e-5, "unit": "lb\u00e9"}
 
 
 def test_readyz_reports_nothing_published_then_ready(config: Config) -> None:

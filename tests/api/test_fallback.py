@@ -75,6 +75,9 @@ def test_the_environment_turns_the_fallback_on_for_the_example_model() -> None:
             single = client.get(f"/predict/{key}")
             assert single.json()["source"] == "online"
             assert b'"prediction":' + value + b',"source":"online"' in single.content
+            # A batch splices the model's bytes into its items too, rather than decoding and encoding them.
+            one = client.post("/predict", json={"keys": [key]})
+            assert b'"prediction": ' + value + b', "source": "online", "model_version": ' in one.content
         stored = scorer({"id": ids})
         keys = [k.decode() for k in stored.column("key").to_pylist()]
         results = client.post("/predict", json={"keys": keys}).json()["results"]

@@ -96,3 +96,48 @@ def test_fractional_steps_render_with_the_step_decimals() -> None:
     space = GridSpace([r, Categorical("c", ("a", "b"))], KeyTemplate.parse("{c}|{x}"))
     assert space.decode("a|0.5").key == "a|0.50"
     assert not space.decode("a|0.3").in_space
+
+
+def _decodes_unchanged(space: GridSpace, key: str) -> bool:
+    try:
+        decoded = space.decode(key)
+    except SpaceError:
+        return False
+    return decoded.in_space and decoded.key == key
+
+
+@pytest.mark.parametrize(
+    ("template", "labels"),
+    [
+        ("{c}:{x}:{d}", ("a", "b", "c")),  # one separator
+        ("{c}:{x}:{d}", ("a", "b:", "b")),  # a label holding the separator (refused by the config, not here)
+        ("{c}::{x}::{d}", ("a", "b", ":b")),  # a separator that overlaps itself
+        ("id-{c}-{x}-{d}", ("a", "b", "c")),  # text before the first field: the pattern decides
+        ("{c}/{x}|{d}", ("a", "b", "c")),  # two separators
+        ("{c}-{x}-{d}", ("a", "b", "c")),  # with negative numbers in x: "-" is also the separator
+    ],
+)
+def test_canonical_is_exactly_decoding_to_itself_in_the_space(template: str, labels: tuple[str, ...]) -> None:
+    """GridSpace.canonical (the batch path's test) agrees with decode on canonical keys, their other
+    spellings, off-grid values and malformed keys, for several shapes of template."""
+    space = GridSpace(
+        [Categorical("c", labels[:2]), Range.of("x", -2, 2, 1), Categorical("d", (labels[2], "e"))],
+        KeyTemplate.parse(template),
+    )
+    literals = space.template.literals
+    pieces = ["", "a", "b", "e", "-1", "-1.0", "0", "+1", "1", "2", "3", "01", ":", "::", "-", "/", "|", "b:", ":b"]
+    pieces += list(labels)
+    keys = {space.key_for_id(i) for i in range(space.size)}
+    for values in itertools.product(pieces, repeat=3):
+        keys.add(literals[0] + "".join(v + lit for v, lit in zip(values, literals[1:], strict=True)))
+    keys |= {key + literals[1] for key in list(keys)[:500]} | {literals[1] + key for key in list(keys)[:500]}
+    for key in keys:
+        assert space.canonical(key) == _decodes_unchanged(space, key), key
+    # Every key of the grid, except those a label holding the separator makes ambiguous.
+    assert sum(space.canonical(key) for key in keys) >= space.size // 2
+
+
+def test_canonical_with_an_empty_label_leaves_the_split_to_the_pattern() -> None:
+    space = GridSpace([Categorical("c", ("", "a")), Categorical("d", ("b",))], KeyTemplate.parse("{c}:{d}"))
+    for key in (":b", "a:b", "a:", "", ":", "a:b:"):
+        assert space.canonical(key) == _decodes_unchanged(space, key), key

@@ -66,6 +66,8 @@ def fetch(uri: str, into: Path) -> Path:
     try:
         filesystem, root = pafs.FileSystem.from_uri(uri)
         info = filesystem.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            raise ModelError(f"[model] path: no model at {uri} (nothing is there). Fix: check the URI")
         if info.type != pafs.FileType.Directory:
             raise ModelError(f"[model] path: {uri} is not a folder (a SavedModel is a folder with saved_model.pb)")
         pafs.copy_files(root, str(into), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())

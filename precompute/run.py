@@ -411,9 +411,9 @@ def _check_table(config: Config, space: TableSpace) -> None:
     size = sum(f.stat().st_size for f in files if f.exists())
     if size > shipping.SHIP_TABLE_BYTES:
         raise ConfigError(
-            f"[space] paths: {[p for p in space.paths if not is_uri(p)]} are on this machine ({size / 1e6:,.0f} MB), "
+            f"[space] path: {[p for p in space.paths if not is_uri(p)]} are on this machine ({size / 1e6:,.1f} MB), "
             "where the Ray cluster's nodes cannot read them, and more than the "
-            f"{shipping.SHIP_TABLE_BYTES / 1e6:,.0f} MB a run sends through Ray's object store. Fix: put the table "
+            f"{shipping.SHIP_TABLE_BYTES / 1e6:,.1f} MB a run sends through Ray's object store. Fix: put the table "
             "where every node reads it (s3://, gs://, hdfs://, or file:///path on a volume every node mounts)"
         )
 

@@ -34,3 +34,12 @@ def test_gpu_without_gpus_is_a_clear_error() -> None:
 def test_actors_that_would_take_every_cpu_are_refused() -> None:
     with pytest.raises(ConfigError, match="would hang"):
         plan_actors(RunConfig(actors=2, cpus_per_actor=1.0), {"CPU": 2.0})
+
+
+def test_an_autoscaling_pool_grows_from_actors_to_max_actors() -> None:
+    plan = plan_actors(RunConfig(device="cpu", actors=2, max_actors=8), {"CPU": 16.0})
+    assert (plan.actors, plan.max_actors) == (2, 8)
+    assert plan.describe().startswith("2..8 CPU actor(s)")
+    assert plan_actors(RunConfig(device="cpu", actors=2, max_actors=2), {"CPU": 16.0}).max_actors is None
+    with pytest.raises(ConfigError, match=r"\[run\] max_actors: 1 is fewer than the 2 actors"):
+        plan_actors(RunConfig(device="cpu", actors=2, max_actors=1), {"CPU": 16.0})

@@ -42,7 +42,8 @@ def test_the_package_travels_whole_with_its_linked_folders() -> None:
     shipped = {p.relative_to(folder) for p in folder.rglob("*.py")}
     for linked in ("store", "api", "adapters"):
         sources = {Path(linked) / p.relative_to(ROOT / linked) for p in (ROOT / linked).rglob("*.py")}
-        assert sources and sources <= shipped, linked
+        assert sources, linked
+        assert sources <= shipped, linked
     assert Path("run.py") in shipped
     assert not any("__pycache__" in p.parts for p in folder.rglob("*"))
     assert not any(p.is_symlink() for p in folder.rglob("*"))

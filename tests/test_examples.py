@@ -105,9 +105,9 @@ def test_the_job_config_loads_and_joins_the_cluster_in_ray_address() -> None:
     assert load_config(JOB, env={"PRECOMPUTE_STORE": secret}).store.url == secret
 
 
-def test_the_job_is_the_babyweight_example_with_the_model_in_the_image() -> None:
+def test_the_job_is_the_babyweight_example_with_the_model_on_the_head() -> None:
     raw = tomllib.loads(JOB.read_text())
-    assert Path(raw["model"]["path"]).is_absolute()  # the same path in every pod, not relative to the ConfigMap
+    assert Path(raw["model"]["path"]).is_absolute()  # in the head's image, not relative to the ConfigMap
     assert raw["run"]["ray_address"] == ""
     example = load_config(ROOT / "examples" / "babyweight" / "precompute.toml", env={}).space
     space = load_config(JOB, env={}).space

@@ -117,7 +117,8 @@ def model(driver_dir: Path) -> Path:
 def test_a_run_on_the_cluster_publishes_every_answer_of_the_model(
     ray_cluster: RayCluster, driver_dir: Path, model: Path, store: str
 ) -> None:
-    run = f'ray_address = "{ray_cluster.address}"\ndevice = "cpu"\nactors = 2\ncpus_per_actor = 0.5'
+    # An autoscaling pool (1..2 actors): Ray Data adds the second actor while the first is busy.
+    run = f'ray_address = "{ray_cluster.address}"\ndevice = "cpu"\nactors = 1\nmax_actors = 2\ncpus_per_actor = 0.5'
     config = write_job(driver_dir / "grid", store, model=str(model), run=run)
     outcome = run_cli(config)
 
@@ -135,6 +136,7 @@ def test_a_run_on_the_cluster_publishes_every_answer_of_the_model(
     assert 1 <= sum(n["actors"] for n in nodes) <= 2  # the actors that scored rows (an idle one is not counted)
     assert all(n["cpus"] == 1 for n in nodes if n["rows_scored"] or n["rows_written"])
     assert "node " in outcome.output
+    assert "1..2 CPU actor(s) x (0.5 CPU)" in outcome.output
     assert "rows scored" in outcome.output
 
 

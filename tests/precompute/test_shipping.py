@@ -18,12 +18,15 @@ import pytest
 
 import precompute
 from precompute import cluster, shipping
+from precompute.adapters import open_backend
 from precompute.config import ConfigError, load_config
 from precompute.model import ModelError, fetch, fingerprint
-from precompute.run import _check_table
+from precompute.run import _check_table, run
 from precompute.shipping import ModelSource
 from precompute.space import TableSpace
+from precompute.store import Versions
 from tests.precompute.conftest import EXAMPLE, EXAMPLE_CONFIG, ROOT, example
+from tests.servers.s3 import S3Server
 
 
 def fake_model(path: Path, megabytes: int) -> Path:
@@ -144,3 +147,23 @@ def test_pack_model_is_a_plain_tar_of_the_folder(tmp_path: Path) -> None:
     expected = {str(p.relative_to(EXAMPLE / "model")) for p in (EXAMPLE / "model").rglob("*") if p.is_file()}
     assert names == expected
     assert hashlib.sha256(data).hexdigest() == hashlib.sha256(shipping.pack_model(EXAMPLE / "model")).hexdigest()
+
+
+@pytest.mark.ray
+@pytest.mark.server
+def test_a_run_reads_an_s3_model_where_it_scores(ray_session: Any, s3_server: S3Server, tmp_path: Path) -> None:
+    s3_server.upload("models", "babyweight/3", EXAMPLE / "model")
+    uri = s3_server.uri("models", "babyweight/3")
+    text = EXAMPLE_CONFIG.read_text().replace('path = "model"', f'path = "{uri}"')
+    (tmp_path / "precompute.toml").write_text(text)
+    config = load_config(tmp_path / "precompute.toml", env={"PRECOMPUTE_STORE": f"sqlite:///{tmp_path / 's.db'}"})
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, actors=1, cpus_per_actor=0.5))
+
+    summary = run(config)
+
+    assert summary.rows == 21_762
+    assert summary.model == fingerprint(EXAMPLE / "model")
+    record = Versions(open_backend(config.store.url)).get(summary.version)
+    assert record.meta["model_path"] == uri
+    with pytest.raises(ModelError, match="no model at s3://models/nothing"):
+        fetch(s3_server.uri("models", "nothing"), tmp_path / "none")

@@ -79,6 +79,10 @@ _run = RunSection()
 _serve = ServeSection()
 
 
+# Query parameters of a pyarrow filesystem URI that hold credentials (kept out of logs and version records).
+_SECRET_QUERY = {"access_key", "secret_key", "session_token", "access_token", "sas_token", "account_key"}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """``[model]``, resolved: ``path`` is absolute. A model given as a URI has ``uri`` set, and ``path`` is
@@ -99,8 +103,16 @@ class ModelConfig:
 
     @property
     def location(self) -> str:
-        """The model as the config names it: its URI, or its absolute path."""
-        return self.uri or str(self.path)
+        """The model as the config names it, for logs and version records: its URI (with any key or token in
+        its query replaced by ``***``), or its absolute path."""
+        if not self.uri:
+            return str(self.path)
+        base, _, query = self.uri.partition("?")
+        if not query:
+            return base
+        pairs = [pair.partition("=") for pair in query.split("&")]
+        shown = [f"{k}={'***' if k in _SECRET_QUERY else v}" if eq else k for k, eq, v in pairs]
+        return f"{base}?{'&'.join(shown)}"
 
     def local_path(self) -> Path:
         """The model's folder on this machine, fetched from its URI first (anew: the model may have changed)."""

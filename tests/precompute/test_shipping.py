@@ -114,6 +114,11 @@ def test_a_model_uri_in_the_config_is_kept_as_written(tmp_path: Path) -> None:
     config = load_config(tmp_path / "precompute.toml", env={"PRECOMPUTE_CACHE_DIR": str(tmp_path)})
     assert config.model.uri == "gs://bucket/models/babyweight/3"
     assert config.model.location == "gs://bucket/models/babyweight/3"
+    secret = "s3://b/m?region=us-east-1&access_key=AKIA&secret_key=s3cr3t"
+    (tmp_path / "precompute.toml").write_text(text.replace("gs://bucket/models/babyweight/3", secret))
+    config = load_config(tmp_path / "precompute.toml", env={"PRECOMPUTE_CACHE_DIR": str(tmp_path)})
+    assert config.model.uri == secret  # what is read
+    assert config.model.location == "s3://b/m?region=us-east-1&access_key=***&secret_key=***"  # what is shown
 
 
 def test_ray_client_addresses_are_refused_with_the_fix() -> None:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import precompute
+from precompute.cluster import ClusterUnavailable
 from precompute.config import ConfigError
 from precompute.model import ModelError, cache_dir, fetch, fingerprint
 
@@ -46,6 +47,8 @@ log = logging.getLogger("precompute")
 
 #: Models kept in each node's cache, most recently used first.
 KEEP_MODELS = 4
+#: Seconds every node gets to say which precompute it has (``ship_code = false``).
+CHECK_TIMEOUT_S = 120.0
 #: The largest local table (all its files together) sent to a remote cluster through Ray's object store.
 SHIP_TABLE_BYTES = 256 * 1024 * 1024
 
@@ -127,7 +130,13 @@ def check_installed(nodes: list[str]) -> None:
     refs = [
         probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote() for node in nodes
     ]
-    found = dict(ray.get(refs, timeout=120))
+    try:
+        found = dict(ray.get(refs, timeout=CHECK_TIMEOUT_S))
+    except ray.exceptions.GetTimeoutError:
+        raise ClusterUnavailable(
+            f"[run] ship_code: false, and not every Ray node answered which precompute it has within "
+            f"{CHECK_TIMEOUT_S:.0f} s"
+        ) from None
     wrong = {node[:8]: version for node, version in found.items() if version != precompute.__version__}
     if wrong:
         raise ConfigError(

@@ -99,7 +99,7 @@ def describe(name: str, data: dict[str, Any]) -> str:
 
 def report(runs: dict[str, list[dict[str, Any]]]) -> None:
     def median(name: str, stage: str) -> float:
-        return statistics.median(r["seconds"].get(stage, 0.0) for r in runs[name])
+        return float(statistics.median(r["seconds"].get(stage, 0.0) for r in runs[name]))
 
     print(f"\nmedians of {len(runs['local'])} run(s), seconds:   local   cluster   cluster/local")
     for stage in STAGES:

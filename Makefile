@@ -24,8 +24,11 @@ check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Test files run in TEST_WORKERS processes (pytest-xdist), each file in one of them, so that a module's
+# fixtures (the Ray cluster of tests/cluster/) start once.
+TEST_WORKERS ?= 2
 test: install servers
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: install
 	./scripts/demo.sh

@@ -15,7 +15,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "precompute"
 
-CORE = {"config", "config_errors", "settings", "keys", "space", "model", "values"}  # used by batch side and API
+CORE = {
+    "config",
+    "config_errors",
+    "settings",
+    "keys",
+    "space",
+    "model",
+    "values",
+    "drift",
+}  # used by batch side and API
 BATCH = {"run", "scoring", "sink", "plan", "cluster", "shipping"}
 # What each layer may import from the project, by first name under precompute.
 ALLOWED: dict[str, set[str]] = {

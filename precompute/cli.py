@@ -1,4 +1,4 @@
-"""The ``precompute`` command line: run | serve | versions | rollback | gc | get | schema.
+"""The ``precompute`` command line: run | serve | versions | diff | rollback | gc | get | schema.
 
 Exit codes, for schedulers (cron, Airflow, Kubernetes CronJobs):
 
@@ -32,12 +32,14 @@ from types import FrameType
 
 from precompute.cluster import ClusterUnavailable
 from precompute.config import Config, ConfigError, load_config
+from precompute.drift import DEFAULT_SAMPLE, DriftError, compare
 from precompute.model import ModelError
 from precompute.settings import document_schema
 from precompute.space import GridSpace, SpaceError
 from precompute.store import (
     LockHeld,
     RunLock,
+    State,
     StoreConfigError,
     StoreError,
     StoreFull,
@@ -92,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 #: What each error means to a scheduler, first match wins: (error, exit code, how its message starts).
 FAILURES: tuple[tuple[type[BaseException], Exit, str], ...] = (
     (ConfigError, Exit.CONFIG, "configuration error: "),
+    (DriftError, Exit.CONFIG, ""),
     (StoreConfigError, Exit.CONFIG, ""),
     (ModelError, Exit.MODEL, "model error: "),
     (LockHeld, Exit.LOCKED, "refused: "),
@@ -141,6 +144,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default: [serve] host)")
     p.add_argument("--port", type=int, help="port (default: [serve] port)")
     p = command("versions", _versions, "list the store's versions")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command("diff", _diff, "compare a sample of keys of two versions, output by output")
+    p.add_argument("version_a", metavar="VERSION_A", help="the version compared against (see `precompute versions`)")
+    p.add_argument("version_b", metavar="VERSION_B", help="the version compared")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=DEFAULT_SAMPLE,
+        help=f"keys to compare (default {DEFAULT_SAMPLE:,}, at most the space)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command("rollback", _rollback, "serve the previous published version again")
     p.add_argument("--to", help="a specific version to serve (see `precompute versions`)")
@@ -222,6 +235,18 @@ def _versions(args: argparse.Namespace, config: Config) -> int:
         state = "live" if view.live else r.state.value
         count = f"{r.rows:,}" if r.rows is not None else "-"
         print(f"{r.version:<22} {state:<12} {count:>12}  {created:<20} {r.meta.get('model', '-')}")
+    return Exit.OK
+
+
+def _diff(args: argparse.Namespace, config: Config) -> int:
+    versions = _open(config)
+    for version in (args.version_a, args.version_b):
+        record = versions.get(version)  # an unknown version: VersionError, exit 2 as for `rollback --to`
+        record.check_readable()
+        if record.state is State.FAILED:
+            return _fail(Exit.CONFIG, f"version {version} failed and its rows were dropped; nothing to compare")
+    diff = compare(versions.backend, config.space, args.version_a, args.version_b, sample=args.sample)
+    print(json.dumps(diff.to_dict(), indent=2) if args.json else diff.render())
     return Exit.OK
 
 

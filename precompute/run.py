@@ -242,14 +242,16 @@ def _score_verify_publish(
     message = f"scoring {_space_size(config)} into {record.version}: {plan.describe()}, on {len(job.nodes)} node(s): "
     with stages.stage("score", message + where):
         sink = StoreDatasink(config.store.url, record.version)
+        # Read (or, a local table on a cluster, sent) once: the count and the golden rows use it too.
+        table = _read_table(config, config.space) if isinstance(config.space, TableSpace) else None
         try:
-            _pipeline(config, job).write_datasink(sink, **_write_args(job, backend))
+            _pipeline(config, job, table).write_datasink(sink, **_write_args(job, backend))
         except Exception as exc:
             raise _cause(exc) from exc
         written = sink.rows_written
-        expected = _expected_rows(config)
+        expected = _expected_rows(config, table)
     with stages.stage("verify", f"checking {written:,} written rows"):
-        _verify(config, job.model, backend, record.version, written, expected)
+        _verify(config, job.model, table, backend, record.version, written, expected)
     with stages.stage("publish", f"publishing {record.version}"):
         if lock.lost:
             raise StoreError(f"the run lock was lost ({lock.why_lost}); not publishing")
@@ -363,7 +365,8 @@ def _ray_and_plan(config: Config, verbose: bool) -> tuple[bool, ActorPlan]:
         raise
 
 
-def _pipeline(config: Config, job: _Job) -> Any:
+def _pipeline(config: Config, job: _Job, table: Any) -> Any:
+    """Ids (or the rows of ``table``, the table space's Dataset) -> scoring actors."""
     import ray
 
     space, plan = config.space, job.plan
@@ -391,7 +394,6 @@ def _pipeline(config: Config, job: _Job) -> Any:
             override_num_blocks=min(blocks, max(1, space.size)),
         )
         return ids.map_batches(GridScorer, fn_constructor_args=args, batch_format="numpy", **common)
-    table = _read_table(config, space)
     return table.map_batches(TableScorer, fn_constructor_args=args, batch_format="pyarrow", **common)
 
 
@@ -429,10 +431,9 @@ def _read_table(config: Config, space: TableSpace) -> Any:
         return readers[space.format](list(space.paths), num_cpus=IO_TASK_CPUS)
     import pyarrow.dataset as pads
 
-    formats = {"parquet": "parquet", "csv": "csv", "json": "json"}
-    tables = [pads.dataset(local, format=formats[space.format]).to_table()]
     remote = [p for p in space.paths if is_uri(p)]
-    parts = [ray.data.from_arrow(tables)] + ([readers[space.format](remote, num_cpus=IO_TASK_CPUS)] if remote else [])
+    shipped = ray.data.from_arrow(pads.dataset(local, format=space.format).to_table())
+    parts = [shipped] + ([readers[space.format](remote, num_cpus=IO_TASK_CPUS)] if remote else [])
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
@@ -478,14 +479,14 @@ def _per_node(nodes: list[Node], reports: list[WriteReport]) -> list[dict[str, A
     return sorted(rows.values(), key=lambda r: (r["address"], r["id"]))
 
 
-def _expected_rows(config: Config) -> int:
+def _expected_rows(config: Config, table: Any) -> int:
     if isinstance(config.space, GridSpace):
         return config.space.size
-    count: int = _read_table(config, config.space).count()
+    count: int = table.count()
     return count
 
 
-def _golden(config: Config, model: Model) -> dict[bytes, bytes]:
+def _golden(config: Config, model: Model, table: Any) -> dict[bytes, bytes]:
     """A few rows scored on the driver, to compare with what the pipeline stored."""
     space = config.space
     n = config.run.verify_samples
@@ -496,7 +497,7 @@ def _golden(config: Config, model: Model) -> dict[bytes, bytes]:
         features = {name: values[indices[name]] for name, values in inputs.items()}
         keys = grid_keys(space, indices)
     else:
-        sample = pa.Table.from_pylist(_read_table(config, space).take(n))
+        sample = pa.Table.from_pylist(table.take(n))
         keys = sample.column(space.key_column).cast(pa.string()).combine_chunks()
         features = {}
         for name, column in table_columns(space, model.signature).items():
@@ -510,14 +511,16 @@ def _golden(config: Config, model: Model) -> dict[bytes, bytes]:
     return dict(zip(keys.cast(pa.binary()).to_pylist(), values.to_pylist(), strict=True))
 
 
-def _verify(config: Config, model: Model, backend: Backend, version: str, written: int, expected: int) -> None:
+def _verify(
+    config: Config, model: Model, table: Any, backend: Backend, version: str, written: int, expected: int
+) -> None:
     if written != expected:
         raise VerificationFailed(f"{written:,} rows were written but the space has {expected:,}")
     stored = backend.count(version)
     if stored is not None and stored != expected:
         hint = " (duplicate keys in the table?)" if isinstance(config.space, TableSpace) else ""
         raise VerificationFailed(f"the store holds {stored:,} rows of version {version}, expected {expected:,}{hint}")
-    golden = _golden(config, model)
+    golden = _golden(config, model, table)
     found = backend.read(version, list(golden))
     for (key, want), got in zip(golden.items(), found, strict=True):
         if got is None:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast, get_args
 from pydantic import BaseModel, ValidationError
 
 from precompute.config_errors import ConfigError, explain
-from precompute.model import cache_dir, fetch, is_uri
+from precompute.model import cache_dir, fetch, is_uri, shown_uri
 from precompute.settings import (
     TABLE_FORMATS,
     Auth,
@@ -79,10 +79,6 @@ _run = RunSection()
 _serve = ServeSection()
 
 
-# Query parameters of a pyarrow filesystem URI that hold credentials (kept out of logs and version records).
-_SECRET_QUERY = {"access_key", "secret_key", "session_token", "access_token", "sas_token", "account_key"}
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """``[model]``, resolved: ``path`` is absolute. A model given as a URI has ``uri`` set, and ``path`` is
@@ -105,14 +101,7 @@ class ModelConfig:
     def location(self) -> str:
         """The model as the config names it, for logs and version records: its URI (with any key or token in
         its query replaced by ``***``), or its absolute path."""
-        if not self.uri:
-            return str(self.path)
-        base, _, query = self.uri.partition("?")
-        if not query:
-            return base
-        pairs = [pair.partition("=") for pair in query.split("&")]
-        shown = [f"{k}={'***' if k in _SECRET_QUERY else v}" if eq else k for k, eq, v in pairs]
-        return f"{base}?{'&'.join(shown)}"
+        return shown_uri(self.uri) if self.uri else str(self.path)
 
     def local_path(self) -> Path:
         """The model's folder on this machine, fetched from its URI first (anew: the model may have changed)."""

@@ -56,6 +56,20 @@ def is_uri(location: str) -> bool:
     return "://" in location
 
 
+# Query parameters of a pyarrow filesystem URI that hold credentials (kept out of logs, errors and records).
+_SECRET_QUERY = {"access_key", "secret_key", "session_token", "access_token", "sas_token", "account_key"}
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` as logs, errors and version records show it: any key or token in its query as ``***``."""
+    base, _, query = uri.partition("?")
+    if not query:
+        return base
+    pairs = [pair.partition("=") for pair in query.split("&")]
+    shown = [f"{k}={'***' if k in _SECRET_QUERY else v}" if eq else k for k, eq, v in pairs]
+    return f"{base}?{'&'.join(shown)}"
+
+
 def fetch(uri: str, into: Path) -> Path:
     """Copy the SavedModel folder at ``uri`` (any filesystem ``pyarrow.fs`` reads: ``gs://``, ``s3://``,
     ``hdfs://``, ``file://``...) into the local folder ``into``, replacing what was there."""
@@ -63,18 +77,19 @@ def fetch(uri: str, into: Path) -> Path:
 
     shutil.rmtree(into, ignore_errors=True)
     into.mkdir(parents=True)
+    shown = shown_uri(uri)
     try:
         filesystem, root = pafs.FileSystem.from_uri(uri)
         info = filesystem.get_file_info(root)
         if info.type == pafs.FileType.NotFound:
-            raise ModelError(f"[model] path: no model at {uri} (nothing is there). Fix: check the URI")
+            raise ModelError(f"[model] path: no model at {shown} (nothing is there). Fix: check the URI")
         if info.type != pafs.FileType.Directory:
-            raise ModelError(f"[model] path: {uri} is not a folder (a SavedModel is a folder with saved_model.pb)")
+            raise ModelError(f"[model] path: {shown} is not a folder (a SavedModel is a folder with saved_model.pb)")
         pafs.copy_files(root, str(into), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
     except ModelError:
         raise
     except Exception as exc:  # pyarrow raises OSError, ArrowInvalid, ... with the filesystem's own message
-        raise ModelError(f"[model] path: cannot read the model at {uri}: {exc}") from exc
+        raise ModelError(f"[model] path: cannot read the model at {shown}: {exc}") from exc
     return into
 
 

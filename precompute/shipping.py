@@ -41,7 +41,7 @@ from typing import Any
 import precompute
 from precompute.cluster import ClusterUnavailable
 from precompute.config import ConfigError
-from precompute.model import ModelError, cache_dir, fetch, fingerprint
+from precompute.model import ModelError, cache_dir, fetch, fingerprint, shown_uri
 
 log = logging.getLogger("precompute")
 
@@ -184,9 +184,10 @@ class ModelSource:
                         archive.extractall(staging, filter="data")
                 found = fingerprint(staging)
                 if found != self.fingerprint:
+                    where = shown_uri(self.uri) if self.uri else "the driver"
                     raise ModelError(
-                        f"the model at {self.uri or 'the driver'} changed during the run (fingerprint {found}, the "
-                        f"driver checked {self.fingerprint}). Fix: do not overwrite a model while a run scores it"
+                        f"the model at {where} changed during the run (fingerprint {found}, the driver checked "
+                        f"{self.fingerprint}). Fix: do not overwrite a model while a run scores it"
                     )
                 shutil.rmtree(target, ignore_errors=True)
                 staging.rename(target)

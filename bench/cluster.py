@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 from e2e import ROOT, config_for  # bench/e2e.py, beside this script
 
+from tests.servers import stop
 from tests.servers.ray_cluster import RayCluster, can_unshare
 from tests.servers.redis import RedisProcess
 
@@ -74,12 +75,7 @@ def precompute_run(config: Path, verbose: bool, timeout: float) -> dict[str, Any
             proc.wait(timeout=timeout)
         finally:
             if proc.poll() is None:  # timed out or interrupted: SIGTERM drops the new version, then SIGKILL
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop(proc, timeout=60)
     if proc.returncode != 0:
         tail = "" if verbose else log.read_text(errors="replace")[-4000:]
         raise RuntimeError(f"precompute run {config.name} exited {proc.returncode}\n{tail}")

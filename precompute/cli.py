@@ -1,4 +1,4 @@
-"""The ``precompute`` command line: run | serve | versions | diff | rollback | gc | get | schema.
+"""The ``precompute`` command line: run | serve | versions | diff | publish | rollback | gc | get | schema.
 
 Exit codes, for schedulers (cron, Airflow, Kubernetes CronJobs):
 
@@ -8,7 +8,8 @@ Exit codes, for schedulers (cron, Airflow, Kubernetes CronJobs):
     3  model missing or incompatible with the request space: do not retry
     4  another run holds the store's run lock: retry later
     5  store or Ray cluster unreachable, or a write still failing after retries: retry later
-    6  verification failed: the new version was not published
+    6  verification failed, or the drift gate refused the new version: nothing was published (a refused
+       version is kept for review: `precompute publish VERSION`)
     7  `get`: not found (the key is outside the space or not in the live version, or nothing is published)
     8  the store is full (out of memory or quota): free room or grow it, then run again
     130/143  interrupted (SIGINT/SIGTERM): the new version was dropped, nothing served changed
@@ -29,10 +30,12 @@ from collections.abc import Callable, Sequence
 from enum import IntEnum
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
+from precompute import drift
 from precompute.cluster import ClusterUnavailable
 from precompute.config import Config, ConfigError, load_config
-from precompute.drift import DEFAULT_SAMPLE, DriftError, compare
+from precompute.drift import DEFAULT_SAMPLE, DriftError
 from precompute.model import ModelError
 from precompute.settings import document_schema
 from precompute.space import GridSpace, SpaceError
@@ -47,6 +50,9 @@ from precompute.store import (
     VersionRecord,
     Versions,
 )
+
+if TYPE_CHECKING:
+    from precompute.run import RunSummary  # the batch side is imported when a command needs it
 
 log = logging.getLogger("precompute")
 
@@ -112,10 +118,12 @@ def _failure(exc: BaseException) -> tuple[Exit, str] | None:
     for kind, code, prefix in FAILURES:
         if isinstance(exc, kind):
             return code, prefix + str(exc)
-    from precompute.run import VerificationFailed  # the batch side, imported only when a run failed
+    from precompute.run import DriftRefused, VerificationFailed  # the batch side, imported only when a run failed
 
     if isinstance(exc, VerificationFailed):
         return Exit.VERIFY, f"verification failed, nothing was published: {exc}"
+    if isinstance(exc, DriftRefused):
+        return Exit.VERIFY, f"the drift gate refused the new version, nothing was published: {exc}"
     return None
 
 
@@ -139,7 +147,15 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = command("run", _run, "score the whole request space into a new version and publish it")
-    p.add_argument("--summary-json", type=Path, help="also write the run summary to this file as JSON")
+    p.add_argument(
+        "--summary-json", type=Path, help="also write the run summary to this file as JSON (also when it fails)"
+    )
+    p.add_argument(
+        "--report", type=Path, metavar="FILE.html", help="also write the run report, one HTML page (also when it fails)"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="publish even if the drift gate ([verify] limits) would refuse, this once"
+    )
     p = command("serve", _serve, "serve lookups over HTTP")
     p.add_argument("--host", help="bind address (default: [serve] host)")
     p.add_argument("--port", type=int, help="port (default: [serve] port)")
@@ -152,9 +168,12 @@ def _parser() -> argparse.ArgumentParser:
         "--sample",
         type=int,
         default=DEFAULT_SAMPLE,
-        help=f"keys to compare (default {DEFAULT_SAMPLE:,}, at most the space)",
+        help=f"grid keys to compare (default {DEFAULT_SAMPLE:,}, at most the space), besides the samples the two "
+        "versions' records keep (a table space's only ones)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command("publish", _publish, "publish a version the drift gate refused, after review")
+    p.add_argument("version", metavar="VERSION", help="the refused version (see `precompute versions`)")
     p = command("rollback", _rollback, "serve the previous published version again")
     p.add_argument("--to", help="a specific version to serve (see `precompute versions`)")
     p = command("gc", _gc, "drop old, failed and unfinished versions")
@@ -172,13 +191,42 @@ def _schema() -> int:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    from precompute.run import run
+    from precompute.run import RunSummary, run
 
-    summary = run(config, verbose=args.verbose)
+    summary = RunSummary()
+    try:
+        run(config, verbose=args.verbose, force=args.force, summary=summary)
+    except BaseException as exc:
+        failure = _failure(exc)
+        summary.error = failure[1] if failure else summary.error  # the message the user sees
+        if summary.outcome == "refused":
+            print(summary.render())  # the figures behind the refusal
+        raise
+    finally:
+        _write_outputs(args, summary)
     print(summary.render())
-    if args.summary_json:
-        args.summary_json.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return Exit.OK
+
+
+def _write_outputs(args: argparse.Namespace, summary: RunSummary) -> None:
+    """The summary JSON and the HTML report, whatever the run's outcome; a file that cannot be written is
+    said, and does not hide the run's own result."""
+    from precompute import report
+
+    data = summary.to_dict()
+    files = [(args.summary_json, json.dumps(data, indent=2) + "\n")]
+    if args.report:
+        files.append((args.report, report.render(data)))
+    for path, text in files:
+        if path is None:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            log.error("could not write %s: %s", path, exc.strerror or exc)
+            continue
+        log.info("wrote %s", path)
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
@@ -222,31 +270,71 @@ def _open(config: Config) -> Versions:
 def _versions(args: argparse.Namespace, config: Config) -> int:
     views = _open(config).views()
     if args.json:
-        rows = [{**json.loads(v.record.to_bytes()), "live": v.live} for v in views]
+        rows = []
+        for view in views:
+            row = json.loads(view.record.to_bytes())
+            keys = row["meta"].pop("sample_keys", None)  # long, and only for comparisons
+            if keys is not None:
+                row["meta"]["sample_keys_kept"] = len(keys)
+            rows.append({**row, "live": view.live})
         print(json.dumps(rows, indent=2))
         return Exit.OK
     if not views:
         print(f"no versions in {config.store_url} yet: run `precompute run --config {args.config}`")
         return Exit.OK
-    print(f"{'VERSION':<22} {'STATE':<12} {'ROWS':>12}  {'CREATED (UTC)':<20} MODEL")
+    print(
+        f"{'VERSION':<22} {'STATE':<12} {'ROWS':>12}  {'CREATED (UTC)':<20} {'DRIFT (vs the live before it)':<34} MODEL"
+    )
     for view in reversed(views):
         r = view.record
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at))
         state = "live" if view.live else r.state.value
         count = f"{r.rows:,}" if r.rows is not None else "-"
-        print(f"{r.version:<22} {state:<12} {count:>12}  {created:<20} {r.meta.get('model', '-')}")
+        print(
+            f"{r.version:<22} {state:<12} {count:>12}  {created:<20} {_drift_brief(r):<34} {r.meta.get('model', '-')}"
+        )
     return Exit.OK
+
+
+def _drift_brief(record: VersionRecord) -> str:
+    """A version's drift against the version live before it, as its record keeps it."""
+    brief = record.meta.get("drift")
+    if not isinstance(brief, dict) or brief.get("psi") is None:
+        return "-"
+    return f"PSI {brief['psi']:.3f}, {brief['changed_fraction']:.1%} changed"
 
 
 def _diff(args: argparse.Namespace, config: Config) -> int:
     versions = _open(config)
+    kept: list[list[str]] = []
     for version in (args.version_a, args.version_b):
         record = versions.get(version)  # an unknown version: VersionError, exit 2 as for `rollback --to`
         record.check_readable()
         if record.state is State.FAILED:
             return _fail(Exit.CONFIG, f"version {version} failed and its rows were dropped; nothing to compare")
-    diff = compare(versions.backend, config.space, args.version_a, args.version_b, sample=args.sample)
+        kept.append(record.meta.get("sample_keys", []))
+    space = config.space
+    keys = drift.sample_keys(space, args.sample) if isinstance(space, GridSpace) else []
+    if not isinstance(space, GridSpace) and not any(kept):
+        raise DriftError(
+            "neither version's record keeps a key sample (an earlier release did not keep one), and a table "
+            "space's keys are in its files, which only `precompute run` reads"
+        )
+    size = space.size if isinstance(space, GridSpace) else 0
+    diff = drift.compare(versions.backend, args.version_a, args.version_b, drift.merge(keys, *kept), space_size=size)
     print(json.dumps(diff.to_dict(), indent=2) if args.json else diff.render())
+    return Exit.OK
+
+
+def _publish(args: argparse.Namespace, config: Config) -> int:
+    versions = _open(config)
+    with RunLock(versions.backend, ttl_s=config.store.lock_ttl_seconds):
+        record, previous = versions.approve(args.version)
+        dropped = versions.gc(config.store.keep_versions)
+    back = f"; `precompute rollback` serves {previous} again" if previous else ""
+    print(f"published {record.version} (previous: {previous or 'none'}){back}")
+    if dropped:
+        print(f"dropped {len(dropped)} old version(s): {', '.join(dropped)}")
     return Exit.OK
 
 

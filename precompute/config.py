@@ -41,6 +41,7 @@ from precompute.settings import (
     StoreSection,
     TableFormat,
     TableSpaceSection,
+    VerifySection,
 )
 from precompute.space import Categorical, Dimension, GridSpace, Range, Space, TableSpace
 from precompute.store import StoreURL
@@ -54,6 +55,7 @@ __all__ = [
     "RunConfig",
     "ServeConfig",
     "StoreConfig",
+    "VerifyConfig",
     "load_config",
     "read_document",
 ]
@@ -77,6 +79,7 @@ def _auto(value: T | Auto) -> T | None:
 _store = StoreSection()
 _run = RunSection()
 _serve = ServeSection()
+_verify = VerifySection()
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,21 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """``[verify]``: the drift gate. A limit of None is off."""
+
+    sample: int = _verify.sample
+    max_drift: float | None = _verify.max_drift
+    max_changed_fraction: float | None = _verify.max_changed_fraction
+    changed_rel_tol: float = _verify.changed_rel_tol
+    changed_abs_tol: float = _verify.changed_abs_tol
+
+    @classmethod
+    def of(cls, section: VerifySection) -> VerifyConfig:
+        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """``[serve]``, resolved: ``PRECOMPUTE_FALLBACK`` applied, ``batch_target_ms`` defaulted from the deadline,
     and ``auth_tokens`` read from the environment variable ``auth_tokens_env`` (never from the file)."""
@@ -244,6 +262,7 @@ class Config:
     store: StoreConfig
     run: RunConfig
     serve: ServeConfig
+    verify: VerifyConfig = VerifyConfig()
 
     @property
     def store_url(self) -> StoreURL:
@@ -282,6 +301,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         store=StoreConfig.of(document.store, base, env),
         run=RunConfig.of(document.run, env),
         serve=ServeConfig.of(document.serve, env),
+        verify=VerifyConfig.of(document.verify),
     )
 
 

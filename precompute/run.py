@@ -10,11 +10,14 @@ Stages, each timed in the run summary::
     lock     the store's run lock taken; versions left by dead runs cleaned up
     score    Ray Data: grid ids (or table rows) -> actor pool (model loaded once per actor) -> Datasink
     verify   rows written == space size, store count where cheap, golden rows read back and compared
+    drift    a sample of keys read from the new and the live version and compared (precompute.drift); over
+             a [verify] limit the version is kept as 'refused' and nothing is published (unless forced)
     publish  one compare-and-swap of the live alias
     gc       versions beyond [store] keep_versions dropped, failed and unfinished ones too
 
 Any failure after the version is begun marks it failed and drops its rows; the live version never changes
-unless every stage passed.
+unless every stage passed. The :class:`RunSummary` is filled in as the stages go, so that a failed or
+refused run still has one to report (``--summary-json``, ``--report``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from precompute import cluster, shipping
+from precompute import cluster, drift, shipping
 from precompute.adapters import backend_class, open_backend
 from precompute.cluster import Node
 from precompute.config import Config, ConfigError
@@ -65,18 +68,34 @@ class VerificationFailed(Exception):
     """The written version does not match the space; it was not published."""
 
 
+class DriftRefused(Exception):
+    """The drift gate refused the new version: it is kept as 'refused', and nothing was published."""
+
+
 @dataclass
 class RunSummary:
-    version: str
-    previous: str | None
-    rows: int
-    seconds: dict[str, float]
-    model: str
-    store: str
-    plan: str
+    """What a run did, filled in stage by stage: complete for a published or refused run, as far as it got
+    for a failed one. :meth:`to_dict` is the summary JSON and what the HTML report draws."""
+
+    outcome: str = "running"  # then "published", "refused" or "failed"
+    version: str | None = None
+    previous: str | None = None  # the live version before the run (the one compared with)
+    rows: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    model: str = ""  # the model's fingerprint
+    model_path: str = ""
+    store: str = ""
+    config: str = ""
+    space: str = ""
+    plan: str = ""
+    started_at: float = field(default_factory=time.time)
+    error: str | None = None
     dropped: list[str] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # per node: id, address, actors, rows scored/written
     write_task_gpus: int = 0  # GPUs held by write tasks, added up (they never ask for one)
+    verification: dict[str, Any] | None = None
+    gate: dict[str, Any] = field(default_factory=dict)
+    drift: dict[str, Any] | None = None  # precompute.drift's Diff of the live version and this one
 
     @property
     def rows_per_second(self) -> float:
@@ -87,8 +106,12 @@ class RunSummary:
 
     def render(self) -> str:
         stages = "  ".join(f"{name} {secs:.2f}s" for name, secs in self.seconds.items())
+        first = {
+            "published": f"published version {self.version} (previous: {self.previous or 'none'})",
+            "refused": f"refused version {self.version}: kept for review, {self.previous} stays live",
+        }.get(self.outcome, f"run {self.outcome}: version {self.version or '-'}")
         lines = [
-            f"published version {self.version} (previous: {self.previous or 'none'})",
+            first,
             f"  rows      {self.rows:,} at {self.rows_per_second:,.0f} rows/s end to end",
             f"  stages    {stages}",
             f"  model     {self.model}",
@@ -100,25 +123,42 @@ class RunSummary:
                 f"  node      {node['id'][:8]} ({node['address']}): {node['actors']} actor(s), "
                 f"{node['rows_scored']:,} rows scored, {node['rows_written']:,} written"
             )
+        if self.gate:
+            reasons = "; ".join(self.gate.get("reasons", []))
+            lines.append(f"  gate      {self.gate['verdict']}{': ' + reasons if reasons else ''}")
+        if self.drift:
+            d = self.drift
+            lines.append(
+                f"  drift     against {d['version_a']}: {d['sample']:,} sampled keys, {d['keys_read']:,} read in "
+                f"{d['seconds']:.2f}s; only in live {d['keys_only_in_a']:,}, only in new {d['keys_only_in_b']:,}"
+            )
+            for o in d["outputs"]:
+                lines.append(
+                    f"            {o['output']}: PSI {o['psi']:.4f}, {o['changed_fraction']:.2%} of {o['keys']:,} "
+                    f"changed, mean {o['mean']['a']:.6g} -> {o['mean']['b']:.6g}"
+                )
         if self.dropped:
             lines.append(f"  gc        dropped {', '.join(self.dropped)}")
         return "\n".join(lines)
 
 
 class _Stages:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, summary: RunSummary) -> None:
+        self.seconds = summary.seconds
         self.started = time.perf_counter()
 
     @contextlib.contextmanager
     def stage(self, name: str, message: str) -> Iterator[None]:
         log.info("[%s] %s", name, message)
         start = time.perf_counter()
-        yield
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+        try:
+            yield
+        finally:  # a failed stage is timed too: the report shows where the time went
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
-    def total(self) -> dict[str, float]:
-        return {**self.seconds, "total": round(time.perf_counter() - self.started, 3)}
+    def finish(self) -> None:
+        self.seconds.pop("total", None)  # last, after every stage
+        self.seconds["total"] = round(time.perf_counter() - self.started, 3)
 
 
 @dataclass(frozen=True)
@@ -131,44 +171,62 @@ class _Job:
     plan: ActorPlan
     nodes: list[Node]
     runtime_env: dict[str, Any]  # of every task and actor: the package (unless ship_code = false), env vars
+    force: bool = False  # publish whatever the drift gate says
 
 
-def run(config: Config, verbose: bool = False) -> RunSummary:
-    """Run the whole job. Raises ConfigError, ModelError, ClusterUnavailable, LockHeld, StoreError or
-    VerificationFailed; every check that can fail without touching the store runs before the lock."""
-    stages = _Stages()
-    with stages.stage("check", f"checking the store URL {config.store_url}"):
-        cluster.resolve(config.run.ray_address)  # a Ray Client address is refused before anything else
-        backend = _open_store(config)
+def run(config: Config, verbose: bool = False, *, force: bool = False, summary: RunSummary | None = None) -> RunSummary:
+    """Run the whole job. Raises ConfigError, ModelError, ClusterUnavailable, LockHeld, StoreError,
+    VerificationFailed or DriftRefused; every check that can fail without touching the store runs before the
+    lock. ``force`` publishes whatever the drift gate says (the figures are still computed and recorded).
+    ``summary``, when given, is filled in as the run goes, also when it fails."""
+    summary = summary if summary is not None else RunSummary()
+    summary.config, summary.store = str(config.source), config.store_url.redacted()
+    summary.model_path, summary.space = config.model.location, _space_size(config)
+    stages = _Stages(summary)
     try:
-        with stages.stage("check", f"checking model {config.model.location} against the request space"):
-            local = config.model.local_path()
-            model_id = fingerprint(local)
-            model = Model(local, config.model.signature, config.model.outputs)
-            if isinstance(config.space, GridSpace):
-                grid_inputs(config.space, model.signature)
-                _probe(config.space, model)
-            else:
-                table_columns(config.space, model.signature)
-                _check_table(config, config.space)
-        with stages.stage("ray", _ray_message(config)):
-            ray_started, plan = _ray_and_plan(config, verbose)
+        with stages.stage("check", f"checking the store URL {config.store_url}"):
+            cluster.resolve(config.run.ray_address)  # a Ray Client address is refused before anything else
+            backend = _open_store(config)
         try:
-            with stages.stage("ray", "sending the code and the model to the cluster"):
-                nodes = cluster.nodes()
-                if not config.run.ship_code:
-                    shipping.check_installed([node.id for node in nodes])
-                source = shipping.ship_model(local, model_id, config.model.uri)
-                env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-                job = _Job(model, model_id, source, plan, nodes, shipping.runtime_env(config.run.ship_code, env))
-            return _locked_run(config, job, backend, stages)
-        finally:
-            if ray_started:
-                import ray
+            with stages.stage("check", f"checking model {config.model.location} against the request space"):
+                local = config.model.local_path()
+                model_id = fingerprint(local)
+                summary.model = model_id
+                model = Model(local, config.model.signature, config.model.outputs)
+                if isinstance(config.space, GridSpace):
+                    grid_inputs(config.space, model.signature)
+                    _probe(config.space, model)
+                else:
+                    table_columns(config.space, model.signature)
+                    _check_table(config, config.space)
+            with stages.stage("ray", _ray_message(config)):
+                ray_started, plan = _ray_and_plan(config, verbose)
+            summary.plan = plan.describe()
+            try:
+                with stages.stage("ray", "sending the code and the model to the cluster"):
+                    nodes = cluster.nodes()
+                    if not config.run.ship_code:
+                        shipping.check_installed([node.id for node in nodes])
+                    source = shipping.ship_model(local, model_id, config.model.uri)
+                    env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+                    job = _Job(
+                        model, model_id, source, plan, nodes, shipping.runtime_env(config.run.ship_code, env), force
+                    )
+                return _locked_run(config, job, backend, stages, summary)
+            finally:
+                if ray_started:
+                    import ray
 
-                ray.shutdown()
+                    ray.shutdown()
+        finally:
+            backend.close()
+    except BaseException as exc:
+        if summary.outcome == "running":
+            summary.outcome = "failed"
+            summary.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise
     finally:
-        backend.close()
+        stages.finish()
 
 
 def _open_store(config: Config) -> Backend:
@@ -188,7 +246,7 @@ def _open_store(config: Config) -> Backend:
     return open_backend(url)
 
 
-def _locked_run(config: Config, job: _Job, backend: Backend, stages: _Stages) -> RunSummary:
+def _locked_run(config: Config, job: _Job, backend: Backend, stages: _Stages, summary: RunSummary) -> RunSummary:
     url = config.store_url
     versions = Versions(backend)
     with RunLock(backend, ttl_s=config.store.lock_ttl_seconds) as lock:
@@ -206,9 +264,12 @@ def _locked_run(config: Config, job: _Job, backend: Backend, stages: _Stages) ->
         # The announced size lets a backend size its layout (Redis buckets); a table's size is not counted yet.
         expected = config.space.size if isinstance(config.space, GridSpace) else None
         record = versions.begin(meta, expected_rows=expected)
+        summary.version = record.version
         log.info("[begin] writing new version %s", record.version)
         try:
-            return _score_verify_publish(config, job, backend, versions, record, lock, stages)
+            return _score_verify_publish(config, job, backend, versions, record, lock, stages, summary)
+        except DriftRefused:
+            raise  # complete and kept, as 'refused'
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             try:
@@ -236,6 +297,7 @@ def _score_verify_publish(
     record: VersionRecord,
     lock: RunLock,
     stages: _Stages,
+    summary: RunSummary,
 ) -> RunSummary:
     plan = job.plan
     where = "; ".join(node.describe() for node in job.nodes)
@@ -249,31 +311,87 @@ def _score_verify_publish(
         except Exception as exc:
             raise _cause(exc) from exc
         written = sink.rows_written
+        summary.rows = written
+        summary.nodes = _per_node(job.nodes, sink.reports)
+        summary.write_task_gpus = sum(report.gpus for report in sink.reports)
         expected = _expected_rows(config, table)
     with stages.stage("verify", f"checking {written:,} written rows"):
-        _verify(config, job.model, table, backend, record.version, written, expected)
+        summary.verification = _verify(config, job.model, table, backend, record.version, written, expected)
+    live = versions.live()
+    summary.previous = live
+    with stages.stage("drift", f"comparing a sample of {record.version} with the live version {live or '(none)'}"):
+        reasons = _drift(config, versions, record, live, table, expected, summary, job.force)
+    if reasons and not job.force:
+        summary.outcome = "refused"
+        versions.refuse(record, written, reasons)
+        with stages.stage("gc", "dropping older refused versions"):
+            summary.dropped = versions.gc(config.store.keep_versions)
+        _keep_summary(backend, record, summary)
+        raise DriftRefused("; ".join(reasons))
     with stages.stage("publish", f"publishing {record.version}"):
         if lock.lost:
             raise StoreError(f"the run lock was lost ({lock.why_lost}); not publishing")
         versions.mark_ready(record, written)
-        previous = versions.publish(record)
+        summary.previous = versions.publish(record)
     with stages.stage("gc", f"keeping {config.store.keep_versions} published version(s)"):
-        dropped = versions.gc(config.store.keep_versions)
-    summary = RunSummary(
-        version=record.version,
-        previous=previous,
-        rows=written,
-        seconds=stages.total(),
-        model=str(record.meta["model"]),
-        store=config.store_url.redacted(),
-        plan=plan.describe(),
-        dropped=dropped,
-        nodes=_per_node(job.nodes, sink.reports),
-        write_task_gpus=sum(report.gpus for report in sink.reports),
-    )
-    record.meta["summary"] = summary.to_dict()
-    backend.put_record(record.version, record.to_bytes())
+        summary.dropped = versions.gc(config.store.keep_versions)
+    summary.outcome = "published"
+    _keep_summary(backend, record, summary)
     return summary
+
+
+def _keep_summary(backend: Backend, record: VersionRecord, summary: RunSummary) -> None:
+    """The summary into the version's record (``precompute versions --json`` shows it), stages timed so far."""
+    seconds = dict(summary.seconds)
+    record.meta["summary"] = {**summary.to_dict(), "seconds": seconds}
+    backend.put_record(record.version, record.to_bytes())
+
+
+def _drift(
+    config: Config,
+    versions: Versions,
+    record: VersionRecord,
+    live: str | None,
+    table: Any,
+    rows: int,
+    summary: RunSummary,
+    force: bool,
+) -> list[str]:
+    """Compare the new version with the live one on a sample of keys; the gate's reasons to refuse it."""
+    limits = config.verify
+    gate: dict[str, Any] = {
+        "max_drift": limits.max_drift,
+        "max_changed_fraction": limits.max_changed_fraction,
+        "verdict": "skipped",
+        "reasons": [],
+    }
+    summary.gate = gate
+    if limits.sample == 0:
+        gate["reasons"] = ["[verify] sample = 0: no comparison"]
+        return []
+    keys = _drift_sample(config, table, rows)
+    record.meta["sample_keys"] = drift.recorded_sample(keys)
+    if live is None:
+        gate["reasons"] = ["nothing is live yet: the first version passes"]
+        return []
+    kept = versions.get(live).meta.get("sample_keys", [])  # keys only the live version may hold
+    size = config.space.size if isinstance(config.space, GridSpace) else 0  # a table's sample may hold departed keys
+    diff = drift.compare(
+        versions.backend,
+        live,
+        record.version,
+        drift.merge(keys, kept),
+        space_size=size,
+        rel_tol=limits.changed_rel_tol,
+        abs_tol=limits.changed_abs_tol,
+    )
+    summary.drift = diff.to_dict()
+    reasons = drift.gate(diff, limits.max_drift, limits.max_changed_fraction)
+    gate["reasons"] = reasons
+    gate["verdict"] = ("forced" if force else "refused") if reasons else "passed"
+    record.meta["drift"] = {**diff.brief(), "verdict": gate["verdict"]}
+    log.info("[drift] %s", diff.render().replace("\n", "\n        "))
+    return reasons
 
 
 def _space_size(config: Config) -> str:
@@ -511,9 +629,25 @@ def _golden(config: Config, model: Model, table: Any) -> dict[bytes, bytes]:
     return dict(zip(keys.cast(pa.binary()).to_pylist(), values.to_pylist(), strict=True))
 
 
+def _drift_sample(config: Config, table: Any, rows: int) -> list[str]:
+    """The new version's keys to compare: spread over a grid's ids, or a random sample of the table."""
+    n = config.verify.sample
+    space = config.space
+    if isinstance(space, GridSpace):
+        return drift.sample_keys(space, n)
+    keys = table.select_columns([space.key_column])
+    if 1.2 * n < rows:  # about 1.2 n keys to the driver (enough despite the randomness), then n of them
+        keys = keys.random_sample(1.2 * n / rows, seed=0)
+    found = [str(row[space.key_column]) for row in keys.take_all()]
+    if len(found) <= n:
+        return found
+    picked = np.random.default_rng(0).choice(len(found), size=n, replace=False)
+    return [found[i] for i in np.sort(picked)]
+
+
 def _verify(
     config: Config, model: Model, table: Any, backend: Backend, version: str, written: int, expected: int
-) -> None:
+) -> dict[str, Any]:
     if written != expected:
         raise VerificationFailed(f"{written:,} rows were written but the space has {expected:,}")
     stored = backend.count(version)
@@ -530,6 +664,13 @@ def _verify(
                 f"golden key {key.decode()!r}: stored {got.decode()} but the model says {want.decode()}"
             )
     log.info("[verify] %d rows, %d golden keys match", written, len(golden))
+    return {
+        "rows_written": written,
+        "expected": expected,
+        "store_count": stored,
+        "golden_keys": len(golden),
+        "golden_matched": len(golden),
+    }
 
 
 def _close(want: dict[str, float], got: dict[str, float]) -> bool:

@@ -1,10 +1,11 @@
 """The configuration file as typed models: what ``precompute.toml`` may hold, with every default written once.
 
-These models describe the file only (its sections ``[model]``, ``[space]``, ``[store]``, ``[run]`` and
-``[serve]``): types, defaults, enumerations as literals, bounds and the checks that need nothing but the
-file. :mod:`precompute.config` turns them into the objects the rest of the code uses (paths made absolute,
-environment overrides applied, ``"auto"`` read as ``None``, the request space built) and words the
-validation errors; :func:`document_schema` is the JSON Schema that ``precompute schema`` prints for editors.
+These models describe the file only (its sections ``[model]``, ``[space]``, ``[store]``, ``[run]``,
+``[verify]`` and ``[serve]``): types, defaults, enumerations as literals, bounds and the checks that need
+nothing but the file. :mod:`precompute.config` turns them into the objects the rest of the code uses
+(paths made absolute, environment overrides applied, ``"auto"`` read as ``None``, the request space built)
+and words the validation errors; :func:`document_schema` is the JSON Schema that ``precompute schema``
+prints for editors.
 
 The models are strict, as the hand-written parser before them was: no string is read as a number and no
 number as a string, only an integer is widened to a float.
@@ -321,6 +322,51 @@ class RunSection(_Section):
     )
 
 
+class VerifySection(_Section):
+    """The checks of a new version against the live one, before the flip (the drift gate)."""
+
+    model_config = ConfigDict(title="[verify]")
+
+    sample: NonNegativeInt = Field(
+        10_000,
+        description="Keys read from both the new and the live version before the flip, to compare their answers "
+        "(0: no comparison).",
+    )
+    max_drift: PositiveFloat | None = Field(
+        None,
+        description="Refuse to publish when an output's population stability index (PSI) against the live version "
+        "is above this; 0.25 is the usual 'significant shift'. Default: off.",
+        examples=[0.25],
+    )
+    max_changed_fraction: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None,
+        description="Refuse to publish when more than this fraction of the sampled keys' answers moved beyond "
+        "changed_rel_tol / changed_abs_tol (any output). Default: off.",
+        examples=[0.5],
+    )
+    changed_rel_tol: NonNegativeFloat = Field(
+        1e-4,
+        description="An answer moved when |new - live| > max(changed_rel_tol * max(|new|, |live|), changed_abs_tol); "
+        "the default sees any change beyond float32 rounding.",
+        examples=[0.01],
+    )
+    changed_abs_tol: NonNegativeFloat = Field(1e-5, description="See changed_rel_tol.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.sample == 0:
+            limits = [name for name in ("max_drift", "max_changed_fraction") if getattr(self, name) is not None]
+            if limits:
+                raise Problems(
+                    (
+                        "sample",
+                        f"is 0, so {' and '.join(limits)} would have nothing to compare. Fix: `sample = 10000`, or "
+                        f"remove {' and '.join(limits)}",
+                    )
+                )
+        return self
+
+
 class ServeSection(_Section):
     """The HTTP API (``precompute serve``); docs/serving.md describes every option."""
 
@@ -431,6 +477,9 @@ class ConfigFile(_Section):
     )
     store: StoreSection = Field(default_factory=StoreSection, description="Where versions are written and read.")
     run: RunSection = Field(default_factory=RunSection, description="The batch job: Ray, the actors, the load.")
+    verify: VerifySection = Field(
+        default_factory=VerifySection, description="The drift gate: the new version against the live one."
+    )
     serve: ServeSection = Field(default_factory=ServeSection, description="The HTTP API (precompute serve).")
 
 

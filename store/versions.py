@@ -5,6 +5,8 @@ Life of a version::
     begin()  -> record 'writing', empty namespace created     (nobody reads it)
     write    -> rows land through Backend.write               (from Ray write tasks)
     publish()-> record 'ready', then ONE compare-and-swap of the live alias
+    refuse() -> record 'refused', rows kept for review         (the drift gate said no; live alias untouched)
+    approve()-> a refused version published deliberately      (``precompute publish VERSION``)
     abort()  -> record 'failed', rows dropped                  (live alias untouched)
 
 The live state is not stored in records: the version the alias points at *is* live. A version that was
@@ -39,6 +41,7 @@ class State(StrEnum):
     READY = "ready"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    REFUSED = "refused"  # complete and verified, but the drift gate kept it from being published
 
 
 @dataclass
@@ -143,6 +146,30 @@ class Versions:
         self.backend.put_record(record.version, record.to_bytes())
         return previous
 
+    def refuse(self, record: VersionRecord, rows: int, reasons: list[str]) -> None:
+        """Keep a complete version unpublished, for a person to review (and :meth:`approve`)."""
+        record.state = State.REFUSED
+        record.rows = int(rows)
+        record.meta["refused"] = list(reasons)
+        self.backend.put_record(record.version, record.to_bytes())
+
+    def approve(self, version: str) -> tuple[VersionRecord, str | None]:
+        """Publish a refused version after review. Returns its record and the version it replaced."""
+        record = self.get(version)
+        if record.state is not State.REFUSED:
+            hint = " (`precompute rollback --to` serves a published one again)" if record.state is State.READY else ""
+            raise VersionError(f"version {version} is {record.state}; only a refused one is published this way{hint}")
+        record.check_readable()
+        record.state = State.READY
+        record.meta["approved_at"] = time.time()
+        self.backend.put_record(record.version, record.to_bytes())
+        try:
+            return record, self.publish(record)
+        except BaseException:
+            record.state = State.REFUSED
+            self.backend.put_record(record.version, record.to_bytes())
+            raise
+
     def abort(self, record: VersionRecord, reason: str) -> None:
         """Mark a version failed and drop its rows. Never touches the alias."""
         record.state = State.FAILED
@@ -211,20 +238,28 @@ class Versions:
         """Drop versions beyond the ``keep`` newest ever published (the live one always stays).
 
         Like backup versions: a version that was published and later rolled back still counts and stays
-        (``rollback --to`` can name it) until newer ones age it out. Failed and unfinished ('writing')
-        versions are always dropped: call this only while holding the run lock, so no run is writing one.
+        (``rollback --to`` can name it) until newer ones age it out. The newest refused version stays while
+        it is newer than the live one, for review; older refused versions go. Failed and unfinished
+        ('writing') versions are always dropped: call this only while holding the run lock, so no run is
+        writing one.
         """
         if keep < 1:
             raise VersionError("gc keeps at least 1 version (the live one)")
+        records = self.records()
         live = self.backend.get_alias()
+        live_created = next((r.created_at for r in records if r.version == live), float("-inf"))
         kept = 1 if live is not None else 0
+        kept_refused = False
         dropped = []
-        for record in sorted(self.records(), key=lambda r: r.created_at, reverse=True):
+        for record in sorted(records, key=lambda r: r.created_at, reverse=True):
             if record.version == live:
                 continue
             servable = record.state in (State.READY, State.ROLLED_BACK)
             if servable and record.published_at is not None and kept < keep:
                 kept += 1
+                continue
+            if record.state is State.REFUSED and not kept_refused and record.created_at > live_created:
+                kept_refused = True
                 continue
             self.drop(record.version)
             dropped.append(record.version)

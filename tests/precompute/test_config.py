@@ -8,7 +8,7 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel
 
-from precompute.config import ConfigError, ModelConfig, RunConfig, ServeConfig, StoreConfig, load_config
+from precompute.config import ConfigError, ModelConfig, RunConfig, ServeConfig, StoreConfig, VerifyConfig, load_config
 from precompute.settings import ConfigFile, document_schema
 from tests.precompute.conftest import EXAMPLE, EXAMPLE_CONFIG
 
@@ -76,6 +76,16 @@ def test_defaults_and_default_key_template(tmp_path: Path) -> None:
             ("[model]\n", "[serve]\nwrite_back = true\nwrite_back_ttl_seconds = 0\n[model]\n"),
             r"\[serve\] write_back_ttl_seconds: must be positive",
         ),
+        (("[model]\n", "[verify]\nmax_drift = 0\n[model]\n"), r"\[verify\] max_drift: must be positive, got 0"),
+        (
+            ("[model]\n", "[verify]\nmax_changed_fraction = 1.5\n[model]\n"),
+            r"\[verify\] max_changed_fraction: 1.5 is above the limit of 1.0. Fix: write e.g.",
+        ),
+        (
+            ("[model]\n", "[verify]\nsample = 0\nmax_drift = 0.25\n[model]\n"),
+            r"\[verify\] sample: is 0, so max_drift would have nothing to compare. Fix: `sample = 10000`, or remove",
+        ),
+        (("[model]\n", "[verify]\nmax_drfit = 1\n[model]\n"), r"\[verify\] max_drfit: unknown field. Fix: did you"),
     ],
 )
 def test_bad_config_names_the_field_and_the_fix(tmp_path: Path, change: tuple[str, str], message: str) -> None:
@@ -192,6 +202,8 @@ def test_auto_values_read_as_none_and_numbers_as_given(tmp_path: Path) -> None:
 def test_the_resolved_defaults_are_the_files_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, GRID), env={})
     assert config.run == RunConfig()
+    assert config.verify == VerifyConfig()
+    assert (config.verify.sample, config.verify.max_drift, config.verify.max_changed_fraction) == (10_000, None, None)
     assert config.serve == ServeConfig()
     assert config.store == StoreConfig(config.store.url)
     assert config.model == ModelConfig(tmp_path / "model")
@@ -223,7 +235,7 @@ def test_schema_checks_the_example_and_rejects_an_unknown_field() -> None:
     validator = jsonschema.Draft202012Validator(schema)
     document = tomllib.loads(EXAMPLE_CONFIG.read_text())
     assert list(validator.iter_errors(document)) == []
-    assert set(schema["properties"]) == {"model", "space", "store", "run", "serve"}
+    assert set(schema["properties"]) == {"model", "space", "store", "run", "verify", "serve"}
     assert schema["required"] == ["model", "space"]
     table = {"model": {"path": "m"}, "space": {"type": "table", "path": ["a.parquet"], "key_column": "id"}}
     assert validator.is_valid(table)

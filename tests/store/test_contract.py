@@ -345,6 +345,34 @@ def test_gc_keeps_rolled_back_versions_that_were_published_until_they_age_out(ba
     assert versions.gc(keep=3) == [v1]  # v4 live, v3 rolled back, v2: the three newest ever published
 
 
+def test_a_refused_version_is_kept_for_review_and_published_only_when_approved(backend: Backend) -> None:
+    versions = Versions(backend)
+    live = published(versions, items(2))
+
+    def refused() -> str:
+        record = versions.begin()
+        backend.write(record.version, items(3, prefix="new"))
+        versions.refuse(record, 3, ["y: PSI 0.9 is above max_drift 0.25"])
+        return record.version
+
+    first, second = refused(), refused()
+    assert backend.get_alias() == live
+    assert versions.get(second).state is State.REFUSED
+    assert versions.get(second).meta["refused"] == ["y: PSI 0.9 is above max_drift 0.25"]
+    with pytest.raises(VersionError, match="cannot be served"):
+        versions.rollback(to=second)
+    assert versions.gc(keep=3) == [first]  # the newest refused one stays for review, an older one goes
+    with pytest.raises(VersionError, match=f"version {live} is ready; only a refused one"):
+        versions.approve(live)
+    record, previous = versions.approve(second)
+    assert (record.state, previous, backend.get_alias()) == (State.READY, live, second)
+    assert backend.read(second, [encode_key("new:1")]) == [items(3, prefix="new")[1][1]]
+    assert versions.rollback() == (second, live)  # an approved version rolls back as any other
+    newer = refused()
+    published(versions, items(2))  # a later run published: the refused version is out of date
+    assert newer in versions.gc(keep=3)
+
+
 def test_a_lock_whose_renewal_breaks_is_lost_and_says_why(backend: Backend) -> None:
     class Breaking:
         """The backend, except that renewing the lock raises an error no store would (a bug)."""

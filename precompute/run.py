@@ -327,7 +327,11 @@ def _score_verify_publish(
         with stages.stage("gc", "dropping older refused versions"):
             summary.dropped = versions.gc(config.store.keep_versions)
         _keep_summary(backend, record, summary)
-        raise DriftRefused("; ".join(reasons))
+        raise DriftRefused(
+            f"{'; '.join(reasons)}. Version {record.version} is kept as refused: compare it with "
+            f"`precompute diff {live} {record.version}`, then publish it with `precompute publish {record.version}` "
+            "or fix the model or data and run again"
+        )
     with stages.stage("publish", f"publishing {record.version}"):
         if lock.lost:
             raise StoreError(f"the run lock was lost ({lock.why_lost}); not publishing")
@@ -387,7 +391,9 @@ def _drift(
     )
     summary.drift = diff.to_dict()
     reasons = drift.gate(diff, limits.max_drift, limits.max_changed_fraction)
-    gate["reasons"] = reasons
+    gate["reasons"] = reasons or (
+        [] if limits.max_drift or limits.max_changed_fraction else ["no [verify] limit is set: figures only"]
+    )
     gate["verdict"] = ("forced" if force else "refused") if reasons else "passed"
     record.meta["drift"] = {**diff.brief(), "verdict": gate["verdict"]}
     log.info("[drift] %s", diff.render().replace("\n", "\n        "))

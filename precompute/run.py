@@ -322,8 +322,8 @@ def _score_verify_publish(
     with stages.stage("drift", f"comparing a sample of {record.version} with the live version {live or '(none)'}"):
         reasons = _drift(config, versions, record, live, table, expected, summary, job.force)
     if reasons and not job.force:
-        summary.outcome = "refused"
         versions.refuse(record, written, reasons)
+        summary.outcome = "refused"
         with stages.stage("gc", "dropping older refused versions"):
             summary.dropped = versions.gc(config.store.keep_versions)
         _keep_summary(backend, record, summary)
@@ -346,8 +346,7 @@ def _score_verify_publish(
 
 def _keep_summary(backend: Backend, record: VersionRecord, summary: RunSummary) -> None:
     """The summary into the version's record (``precompute versions --json`` shows it), stages timed so far."""
-    seconds = dict(summary.seconds)
-    record.meta["summary"] = {**summary.to_dict(), "seconds": seconds}
+    record.meta["summary"] = summary.to_dict()
     backend.put_record(record.version, record.to_bytes())
 
 
@@ -391,9 +390,8 @@ def _drift(
     )
     summary.drift = diff.to_dict()
     reasons = drift.gate(diff, limits.max_drift, limits.max_changed_fraction)
-    gate["reasons"] = reasons or (
-        [] if limits.max_drift or limits.max_changed_fraction else ["no [verify] limit is set: figures only"]
-    )
+    unlimited = limits.max_drift is None and limits.max_changed_fraction is None
+    gate["reasons"] = reasons or (["no [verify] limit is set: figures only"] if unlimited else [])
     gate["verdict"] = ("forced" if force else "refused") if reasons else "passed"
     record.meta["drift"] = {**diff.brief(), "verdict": gate["verdict"]}
     log.info("[drift] %s", diff.render().replace("\n", "\n        "))

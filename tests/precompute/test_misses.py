@@ -59,6 +59,7 @@ def test_recorded_misses_are_scored_into_the_next_version(ray_session: Any, tmp_
         "not_in_space": 1,
     }
     assert "misses    1 of 4 recorded included (answered online at least 2 times); 1 below that" in second.render()
+    assert second.to_dict()["misses_included"] == 1  # in --summary-json and the version's record
     record = Versions(backend).get(second.version or "")
     assert record.rows == 21_763
     assert record.meta["misses_included"] == 1

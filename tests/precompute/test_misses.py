@@ -75,3 +75,40 @@ def test_recorded_misses_are_scored_into_the_next_version(ray_session: Any, tmp_
         assert served["model_version"] == second.version
         assert served["prediction"]["weight_pounds"] == pytest.approx(online[OFTEN]["weight_pounds"], rel=1e-6)
         assert client.get(f"/predict/{RARELY}").json()["source"] == "online"  # below the minimum count
+
+
+def _root_of_age(is_male: Any, mother_age: Any, plurality: Any, gestation_weeks: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.sqrt(mother_age) + gestation_weeks * 0.0  # NaN for a negative age
+
+
+def test_selection_ranks_bounds_and_skips_what_cannot_be_stored(tmp_path: Path) -> None:
+    """Without Ray: which recorded misses a run takes, and a key the model answers NaN for is left out."""
+    from precompute.adapters.memory import MemoryBackend
+    from precompute.config import MissesConfig
+    from precompute.misses import score, select
+    from precompute.model import Model
+    from precompute.space import GridSpace
+    from precompute.store import StoreURL
+    from tests.precompute.models import save_formula_model
+
+    config = example("sqlite:///unused.db")
+    space = config.space
+    assert isinstance(space, GridSpace)
+    backend = MemoryBackend(StoreURL.parse(f"memory://{tmp_path.name}"))
+    recorded = {"True:51:Single(1):39": 9, "True:-4:Single(1):39": 8, "True:52:Single(1):39": 5, RARELY: 1}
+    backend.add_misses({encode_key(k): n for k, n in recorded.items()}, cap=100)
+    backend.add_misses({encode_key("True:51.0:Single(1):39"): 3, encode_key(ON_GRID): 3}, cap=100)
+
+    chosen = select(backend, space, MissesConfig(include=True, min_count=2, max_keys=2))
+    assert [key for key, _ in chosen.included] == ["True:51:Single(1):39", "True:-4:Single(1):39"]
+    assert (chosen.recorded, chosen.below_min_count, chosen.over_max) == (6, 1, 1)
+    assert chosen.in_grid == [encode_key(ON_GRID)]
+    assert chosen.not_in_space == [encode_key("True:51.0:Single(1):39")]  # not a key the API records
+
+    model = Model(save_formula_model(tmp_path / "root", _root_of_age))
+    rows = score(model, space, chosen, batch_size=1)
+    assert rows == [(encode_key("True:51:Single(1):39"), b'{"weight_pounds":7.1414285}')]
+    assert chosen.non_finite == 1
+    assert chosen.to_dict()["included"] == 1

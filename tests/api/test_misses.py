@@ -145,3 +145,24 @@ def test_nothing_is_recorded_unless_asked(tmp_path: Path, formula_model: Path) -
     with TestClient(app) as client:
         assert client.get(f"/predict/{OFF}").json()["source"] == "online"
     assert open_backend(config.store_url).misses() == {}
+
+
+def test_a_version_that_includes_misses_serves_them_in_every_mode(formula_model: Path) -> None:
+    for fallback in ("off", "store-down", "on"):
+        config = memory_config(formula_model, fallback=fallback)
+        rows = {KEY: b'{"weight_pounds":7.31}', OFF: b'{"weight_pounds":8.5}'}
+        version = publish(config, rows, {"model": fingerprint(formula_model), "misses_included": 1})
+        with TestClient(create_app(config)) as client:
+            body = client.get("/predict/True:51.0:Single(1):39").json()
+            assert (body["key"], body["source"], body["model_version"]) == (OFF, "precomputed", version), fallback
+            assert body["prediction"] == {"weight_pounds": 8.5}
+            other = client.get(f"/predict/{OTHER}")
+            assert other.status_code == (200 if fallback == "on" else 404), fallback
+        # Without the mark, an off-grid key is never looked up in the store.
+        plain = memory_config(formula_model, fallback=fallback)
+        publish(plain, rows, {"model": fingerprint(formula_model)})
+        with TestClient(create_app(plain)) as client:
+            answer = client.get(f"/predict/{OFF}")
+            assert (answer.status_code, answer.json().get("source")) == (
+                (200, "online") if fallback == "on" else (404, None)
+            ), fallback

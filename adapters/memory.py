@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from precompute.store import Backend, Item, Reader, StoreURL
+from precompute.store.backend import admitted
 from precompute.store.codec import check_version
 
 
@@ -21,6 +22,7 @@ class _Space:
     records: dict[str, bytes] = field(default_factory=dict)
     alias: str | None = None
     lock: tuple[str, float] | None = None
+    misses: dict[bytes, int] = field(default_factory=dict)
     mutex: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -99,6 +101,24 @@ class MemoryBackend(Backend):
         with self._s.mutex:
             if self._s.lock is not None and self._s.lock[0] == owner:
                 self._s.lock = None
+
+    def increment_misses(self, counts: Mapping[bytes, int], cap: int) -> int:
+        with self._s.mutex:
+            recorded = self._s.misses
+            new = {key: count for key, count in counts.items() if key not in recorded}
+            room = admitted(new, cap - len(recorded))
+            for key in [*(key for key in counts if key in recorded), *room]:
+                recorded[key] = recorded.get(key, 0) + counts[key]
+            return len(new) - len(room)
+
+    def read_misses(self) -> dict[bytes, int]:
+        with self._s.mutex:
+            return dict(self._s.misses)
+
+    def delete_misses(self, keys: Sequence[bytes]) -> None:
+        with self._s.mutex:
+            for key in keys:
+                self._s.misses.pop(key, None)
 
 
 class MemoryReader(Reader):

@@ -2,7 +2,8 @@
 ``sqlite:////absolute/path.db``).
 
 Layout: one ``WITHOUT ROWID`` table per version (``v_<version>``), so dropping a version is one
-``DROP TABLE``; the alias, the version records and the run lock live in three small tables. WAL mode lets
+``DROP TABLE``; the alias, the version records, the run lock and the recorded misses (off-grid keys the API answered
+online, with counts: one UPSERT transaction per flush) live in four small tables. WAL mode lets
 the API read while a run writes; writes from several Ray tasks queue on SQLite's file lock.
 
 Reads are local and take microseconds, so the async reader answers inline on the event loop: a hop to a
@@ -19,7 +20,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,6 +33,7 @@ from precompute.store import (
     StoreUnavailable,
     StoreURL,
 )
+from precompute.store.backend import admitted
 from precompute.store.codec import check_version
 
 T = TypeVar("T")
@@ -40,6 +42,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alias (name TEXT PRIMARY KEY, version TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (version TEXT PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS misses (k BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
 """
 #: Seconds a call waits for another connection's write lock (``?timeout=``) before the store counts as busy.
 DEFAULT_TIMEOUT_S = 120.0
@@ -209,6 +212,36 @@ class SQLiteBackend(Backend):
 
     def release_lock(self, owner: str) -> None:
         self._tx("DELETE FROM locks WHERE name = 'run' AND owner = ?", (owner,), "releasing the run lock")
+
+    def increment_misses(self, counts: Mapping[bytes, int], cap: int) -> int:
+        def add(conn: sqlite3.Connection) -> int:
+            # One write transaction: the count of recorded keys cannot change between reading and adding.
+            (recorded,) = conn.execute("SELECT count(*) FROM misses").fetchone()
+            keys = list(counts)
+            present: set[bytes] = set()
+            for start in range(0, len(keys), self.max_read_batch):
+                chunk = keys[start : start + self.max_read_batch]
+                marks = ",".join("?" * len(chunk))
+                present.update(bytes(k) for (k,) in conn.execute(f"SELECT k FROM misses WHERE k IN ({marks})", chunk))
+            new = {key: counts[key] for key in keys if key not in present}
+            room = admitted(new, cap - int(recorded))
+            conn.executemany(
+                "INSERT INTO misses (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET n = n + excluded.n",
+                [(key, counts[key]) for key in [*present, *room]],
+            )
+            return len(new) - len(room)
+
+        return self._transaction(add, f"recording {len(counts)} misses")
+
+    def read_misses(self) -> dict[bytes, int]:
+        rows = self._tx("SELECT k, n FROM misses", (), "reading the misses")
+        return {bytes(k): int(n) for k, n in rows}  # type: ignore[call-overload]
+
+    def delete_misses(self, keys: Sequence[bytes]) -> None:
+        self._transaction(
+            lambda conn: conn.executemany("DELETE FROM misses WHERE k = ?", [(key,) for key in keys]),
+            f"clearing {len(keys)} misses",
+        )
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # a busy reader only postpones it

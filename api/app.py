@@ -42,6 +42,7 @@ from precompute.api.live import LiveVersion
 from precompute.api.logs import Summary
 from precompute.api.lookup import Lookup
 from precompute.api.metrics import Metrics
+from precompute.api.misses import MissRecorder
 from precompute.config import Config, ConfigError
 from precompute.space import GridSpace
 from precompute.store import Backend, Reader, StoreURL
@@ -86,6 +87,7 @@ def create_app(config: Config, reader: Reader | None = None, backend: Backend | 
     app.state.batcher = parts.batcher
     app.state.online = parts.online
     app.state.writeback = parts.writeback
+    app.state.misses = parts.misses
     return app
 
 
@@ -104,6 +106,7 @@ class Components:
     online: OnlineModel | None
     writeback: WriteBack | None
     backend: WriteBackend | None
+    misses: MissRecorder | None = None
 
     @classmethod
     def build(cls, config: Config, reader: Reader | None = None, backend: Backend | None = None) -> Components:
@@ -117,6 +120,10 @@ class Components:
         online: OnlineModel | None = None
         writeback: WriteBack | None = None
         store: WriteBackend | None = None
+        misses: MissRecorder | None = None
+        if serve.record_misses and isinstance(config.space, GridSpace):
+            store = WriteBackend(config.store_url, backend)
+            misses = MissRecorder(store, metrics, serve.misses_flush_seconds, serve.misses_max_keys)
         if serve.fallback != "off":
             if not isinstance(config.space, GridSpace):
                 raise ConfigError(
@@ -129,12 +136,12 @@ class Components:
             from precompute.api.writeback import WriteBack
 
             if serve.write_back:
-                store = WriteBackend(config.store_url, backend)
+                store = store or WriteBackend(config.store_url, backend)
                 writeback = WriteBack(store, metrics, serve.write_back_ttl_seconds)
             online = OnlineModel(config, live.record, writeback)
             policy = make_policy(serve.batch_policy, serve.batch_max_size, serve.batch_target_ms / 1000)
             batcher = Batcher(online.score, policy, metrics, serve.batch_max_wait_ms / 1000, serve.max_pending)
-        lookup = Lookup(config, reader, live, metrics, cache, negative, batcher)
+        lookup = Lookup(config, reader, live, metrics, cache, negative, batcher, misses)
         # Read at scrape time, in this order in the exposition.
         metrics.add_source(live.families)
         metrics.add_source(lookup.families)
@@ -144,12 +151,14 @@ class Components:
             metrics.add_source(negative.families)
         if batcher is not None:
             metrics.add_source(batcher.families)
-        return cls(config, reader, live, metrics, lookup, cache, negative, batcher, online, writeback, store)
+        if misses is not None:
+            metrics.add_source(misses.families)
+        return cls(config, reader, live, metrics, lookup, cache, negative, batcher, online, writeback, store, misses)
 
 
 class WriteBackend:
-    """The one synchronous backend the API uses, for write-back alone (it writes; everything the API reads
-    goes through the reader): opened on first use, on the write-back thread."""
+    """The one synchronous backend the API uses, to write: answers written back, and the recorded misses
+    (everything the API reads goes through the reader). Opened on first use, on the thread that writes."""
 
     def __init__(self, url: StoreURL, given: Backend | None = None) -> None:
         self.url = url
@@ -176,7 +185,8 @@ class WriteBackend:
 class Lifespan:
     """Start-up and shutdown, as Starlette's ``lifespan``: the live version's first read and refresh task,
     the summary log task, the online model (loaded and warmed up on its thread), the GC freeze; then, in
-    reverse, the model's queue drained, the write-back queue flushed, the store closed."""
+    reverse, the model's queue drained, the write-back queue and the counted misses flushed, the store
+    closed."""
 
     def __init__(self, parts: Components) -> None:
         self.parts = parts
@@ -193,6 +203,8 @@ class Lifespan:
     async def start(self) -> None:
         parts = self.parts
         await parts.live.start()
+        if parts.misses is not None:
+            parts.misses.start()
         self._summary = asyncio.create_task(Summary(parts.metrics, parts.cache).run(), name="precompute-log-summary")
         if parts.batcher is not None and parts.online is not None:
             parts.batcher.start()
@@ -219,6 +231,8 @@ class Lifespan:
             await parts.batcher.close(parts.config.serve.shutdown_seconds)
         if parts.writeback is not None:
             await asyncio.to_thread(parts.writeback.close)
+        if parts.misses is not None:  # after the model's queue: what it answered last is counted too
+            await parts.misses.close(parts.config.serve.shutdown_seconds)
         await parts.live.stop()
         await parts.reader.aclose()
         if parts.backend is not None:

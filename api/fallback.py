@@ -22,16 +22,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import pyarrow as pa
-
 from precompute.api.writeback import WriteBack
 from precompute.config import Config
-from precompute.model import Array, Model, ModelError, fingerprint, grid_inputs
-from precompute.space import Categorical, Decoded, GridSpace, Range
+from precompute.model import FeatureArrays, Model, ModelError, fingerprint, grid_inputs
+from precompute.space import Decoded, GridSpace
 from precompute.store import VersionRecord
 from precompute.store.codec import encode_value
-from precompute.values import encode_values
+from precompute.values import encode_finite
 
 log = logging.getLogger("precompute.api")
 
@@ -63,9 +60,9 @@ class OnlineModel:
         self._records = records
         self.writeback = writeback
         self.model: Model | None = None
+        self.arrays: FeatureArrays | None = None
         self.fingerprint = ""
         self.default: bytes | None = None
-        self._grid = {d.name: d.values_array() for d in self.space.dimensions if isinstance(d, Range)}
 
     # -- on the model thread ----------------------------------------------------------------------
 
@@ -75,6 +72,7 @@ class OnlineModel:
         self.fingerprint = fingerprint(cfg.path)
         self.model = Model(cfg.path, cfg.signature, cfg.outputs)
         grid_inputs(self.space, self.model.signature)  # the same check as the batch job's
+        self.arrays = FeatureArrays(self.space, self.model.signature)
         default = self.config.serve.deadline_default
         if default is not None:
             if sorted(default) != sorted(self.model.outputs):
@@ -94,30 +92,9 @@ class OnlineModel:
 
     def predict(self, batch: Sequence[Online]) -> list[bytes | None]:
         assert self.model is not None, "load() first"
-        inputs = self.model.signature.inputs
-        arrays: dict[str, Array] = {}
-        for dim in self.space.dimensions:
-            values = [item.features[dim.name] for item in batch]
-            dtype = inputs[dim.name]
-            if dtype == "string":
-                arrays[dim.name] = np.array([_label(dim, v).encode() for v in values], dtype=object)
-            elif isinstance(dim, Range):
-                # On the grid, the very float64 the batch job feeds (np.round of the range), then the same cast.
-                grid = self._grid[dim.name]
-                numbers = [grid[i] if (i := dim.exact(float(v))) is not None else float(v) for v in values]
-                arrays[dim.name] = np.array(numbers, dtype=np.float64).astype(dtype)
-            else:
-                arrays[dim.name] = np.array([float(v) for v in values], dtype=np.float64).astype(dtype)
-        outputs = self.model.predict(arrays)
-        finite = np.ones(len(batch), dtype=bool)
-        for column in outputs.values():
-            finite &= np.isfinite(column)
-        keys = pa.array([item.key for item in batch], pa.string())
-        if finite.all():
-            return list(encode_values(outputs, keys).to_pylist())
-        mask = pa.array(finite)
-        encoded = iter(encode_values({k: v[finite] for k, v in outputs.items()}, keys.filter(mask)).to_pylist())
-        return [next(encoded) if ok else None for ok in finite]
+        assert self.arrays is not None
+        outputs = self.model.predict(self.arrays([item.features for item in batch]))
+        return encode_finite(outputs, [item.key for item in batch])
 
     def score(self, batch: Sequence[Online]) -> list[Scored]:
         """The batcher's call: predictions, their ``model_version``, and write-backs queued."""
@@ -145,12 +122,8 @@ class OnlineModel:
 
 
 def off_grid_key(space: GridSpace, features: dict[str, str | float]) -> str:
-    """The canonical key of decoded features: grid labels where on the grid, the shortest number otherwise,
-    so that ``51``, ``51.0`` and ``51.00`` are one key (one cache entry, one write-back)."""
-    labels = {}
-    for dim in space.dimensions:
-        labels[dim.name] = _label(dim, features[dim.name])
-    return space.template.render(labels)
+    """The canonical key of decoded features (:meth:`GridSpace.key_of_features`)."""
+    return space.key_of_features(features)
 
 
 def from_raw_features(space: GridSpace, raw: dict[str, object]) -> Decoded:
@@ -161,15 +134,3 @@ def from_raw_features(space: GridSpace, raw: dict[str, object]) -> Decoded:
     features = space.features(raw)
     key = off_grid_key(space, features)
     return Decoded(key, features, False, "off the grid")
-
-
-def _label(dim: Categorical | Range, value: str | float) -> str:
-    if isinstance(dim, Categorical):
-        return str(value)
-    number = float(value)
-    index = dim.exact(number)
-    if index is not None:
-        return dim.label_list[index]
-    if number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    return repr(number)

@@ -47,6 +47,7 @@ from precompute.store.codec import MAX_KEY_BYTES, InvalidKey, control_free, enco
 if TYPE_CHECKING:
     from precompute.api.batching import Batcher
     from precompute.api.fallback import Online, Scored
+    from precompute.api.misses import MissRecorder
 
 
 class Lookup:
@@ -59,6 +60,7 @@ class Lookup:
         cache: HotCache | None = None,
         negative: NegativeCache | None = None,
         batcher: Batcher[Online, Scored] | None = None,
+        misses: MissRecorder | None = None,
     ) -> None:
         self.space = config.space
         self.reader = reader
@@ -75,6 +77,7 @@ class Lookup:
         # Answers that expire in the store must not outlive their TTL in the hot cache (it has no expiry).
         self.cache_online = serve.write_back_ttl_seconds is None
         self.answers = OnlineAnswers(batcher, metrics, serve.deadline_ms) if batcher is not None else None
+        self.misses = misses  # counts every answered off-grid key (``[serve] record_misses``)
         self.max_batch = serve.max_batch_keys
         self.max_key = serve.max_key_bytes
         self.quick_key, self.quick_limit = quick_keys(self.space, self.max_key)
@@ -83,6 +86,18 @@ class Lookup:
 
     def online_may_answer(self) -> bool:
         return self.fallback == "on" or (self.fallback == "store-down" and self.live.error is not None)
+
+    def off_grid_stored(self, version: str | None) -> bool:
+        """Whether ``version`` may hold keys off the grid: answers written back into it, or the recorded misses
+        a run included (``[space] include_misses``, noted in its record). Otherwise an off-grid key is never
+        read from the store."""
+        if self.write_back:
+            return True
+        record = self.live.record(version) if version is not None else None
+        return record is not None and bool(record.meta.get("misses_included"))
+
+    def off_grid_answerable(self) -> bool:
+        return self.online_may_answer() or self.off_grid_stored(self.live.version)
 
     def families(self) -> list[Metric]:
         """Read at scrape time."""
@@ -105,10 +120,8 @@ class Lookup:
                 raise LookupFailed(400 if exc.malformed else 404, str(exc), key=key) from None
             if decoded.in_space:
                 key = decoded.key
-            elif self.online_may_answer():
-                from precompute.api.fallback import off_grid_key
-
-                key = off_grid_key(self.space, decoded.features)
+            elif self.off_grid_answerable():
+                key = self.space.key_of_features(decoded.features)
             else:
                 raise LookupFailed(404, f"key is outside the precomputed space: {decoded.reason}", key=key)
         try:
@@ -124,7 +137,7 @@ class Lookup:
         try:
             return self.space.snap(features), None
         except SpaceError as exc:
-            if exc.malformed or not self.online_may_answer():
+            if exc.malformed or not self.off_grid_answerable():
                 raise LookupFailed(400 if exc.malformed else 404, str(exc)) from None
         from precompute.api.fallback import from_raw_features
 
@@ -165,8 +178,12 @@ class Lookup:
         if cache is not None:
             body = cache.get(version, key)
             if body is not None:
+                if self.misses is not None and decoded is not None and not decoded.in_space:
+                    self.misses.add(key)
                 return body, "cache"
-        if decoded is not None and not decoded.in_space and not self.write_back:
+        if decoded is not None and not decoded.in_space and not self.off_grid_stored(version):
+            if not self.online_may_answer():
+                raise LookupFailed(404, f"key is outside the precomputed space: {decoded.reason}", key=key)
             return await self.online(key, decoded, version, started, "off_grid")  # never in the store
         negative = self.negative
         if negative is not None and negative.contains(version, key):
@@ -195,6 +212,8 @@ class Lookup:
         body = splice(key, value, b"precomputed", version)
         if cache is not None and expires_at is None:
             cache.put(version, key, body)
+        if self.misses is not None and decoded is not None and not decoded.in_space:
+            self.misses.add(key)
         return body, "precomputed"
 
     # -- the online model ---------------------------------------------------------------------------
@@ -209,6 +228,8 @@ class Lookup:
             return self.answers.late(key, scored)
         if scored.value is None:
             raise LookupFailed(422, NON_FINITE, source="online", key=key)
+        if self.misses is not None and not decoded.in_space:
+            self.misses.add(key)
         body = splice(key, scored.value, b"online", scored.model_version)
         if self.cache is not None and version is not None and self.cache_online:
             self.cache.put(version, key, body)
@@ -274,9 +295,12 @@ class Lookup:
                 self.store_seconds.observe(time.perf_counter() - read_at)
         online: list[tuple[int, str, Decoded]] = []
         may_score = self.fallback == "on" or (reason == "store_down" and self.fallback != "off")
+        misses = self.misses
         for (index, key, decoded), value in zip(wanted, values, strict=True):
             if value is not None:
                 items[index] = PRECOMPUTED_ITEM % (quoted(key), value)
+                if misses is not None and decoded is not None and not decoded.in_space:
+                    misses.add(key)
                 continue
             if may_score:
                 if decoded is None and isinstance(self.space, GridSpace):
@@ -289,8 +313,10 @@ class Lookup:
             assert self.answers is not None
             self.metrics.fallback(reason, len(online))
             outcome = await self.answers.scored([(key, decoded) for _, key, decoded in online], version, started)
-            for (index, key, _), scored in zip(online, outcome, strict=True):
+            for (index, key, decoded), scored in zip(online, outcome, strict=True):
                 items[index] = self.answers.item(key, scored)
+                if misses is not None and not decoded.in_space and not isinstance(scored, str) and scored.value:
+                    misses.add(key)
         return batch_body(version, items)
 
 

@@ -3,7 +3,7 @@
 Two kinds of numbers:
 
 * **Counted as they happen**: requests by source and status, the four histograms (request, store read,
-  model call, batch size), fallbacks, late answers, write-backs and auth failures. These are
+  model call, batch size), fallbacks, late answers, write-backs, recorded misses and auth failures. These are
   ``prometheus_client`` Counters and Histograms in the app's own :class:`CollectorRegistry` (so that several
   apps in one process, as in the tests, never clash). They are thread-safe (the write-back thread counts its
   own outcomes). A labelled child is resolved once and kept (``labels()`` costs 0.75 us; ``inc()`` on a kept
@@ -164,6 +164,17 @@ class Metrics:
         self.auth_failures = Counter(
             "precompute_auth_failures_total", "Requests refused for a missing or wrong token.", registry=registry
         )
+        self.misses = Counter(
+            "precompute_misses_total",
+            "Off-grid keys answered: counted in memory, dropped (memory bound), flushed or refused (store cap).",
+            ("outcome",),
+            registry=registry,
+        )
+        self.miss_flush_failures = Counter(
+            "precompute_misses_flush_failures_total",
+            "Flushes of the counted misses the store refused.",
+            registry=registry,
+        )
         self.scrape_time = ScrapeTime()
         registry.register(self.scrape_time)
         self._requests = _Children(self.requests)
@@ -172,6 +183,9 @@ class Metrics:
         # Resolved up front: they are exported at 0 before the first write-back, and the write-back thread
         # then only reads this dict.
         self._writebacks = {outcome: self.writebacks.labels(outcome) for outcome in ("written", "skipped", "failed")}
+        self._misses = {
+            outcome: self.misses.labels(outcome) for outcome in ("counted", "dropped", "flushed", "refused")
+        }
         self._exposed = _Exposed(registry)
 
     # -- counting (the first one on every request) ----------------------------------------------------
@@ -189,6 +203,13 @@ class Metrics:
     def writeback(self, outcome: str, count: int) -> None:
         """``written``, ``skipped`` or ``failed`` (from the write-back thread)."""
         self._writebacks[outcome].inc(count)
+
+    def miss(self, outcome: str, count: int = 1) -> None:
+        """``counted``, ``dropped`` (answers), ``flushed`` or ``refused`` (keys), see api/misses.py."""
+        self._misses[outcome].inc(count)
+
+    def miss_flush_failed(self) -> None:
+        self.miss_flush_failures.inc()
 
     def auth_failure(self) -> None:
         self.auth_failures.inc()

@@ -1,4 +1,4 @@
-"""The ``precompute`` command line: run | serve | versions | diff | publish | rollback | gc | get | schema.
+"""The ``precompute`` command line: run | serve | versions | diff | publish | rollback | gc | get | misses | schema.
 
 Exit codes, for schedulers (cron, Airflow, Kubernetes CronJobs):
 
@@ -180,6 +180,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, help="published versions to keep, the live one included (default: [store])")
     p = command("get", _get, "look one key up in the live version")
     p.add_argument("key", help="a key, e.g. True:25:Single(1):39")
+    p = command(
+        "misses", _misses, "list the off-grid keys the API recorded ([serve] record_misses), most answered first"
+    )
+    p.add_argument("--top", type=int, default=20, help="how many to list (default 20)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: every recorded miss")
+    p.add_argument("--clear", action="store_true", help="forget every recorded miss (under the run lock)")
     about = "print the JSON Schema of the configuration file, for editors (no --config needed)"
     sub.add_parser("schema", help=about, description=about)
     return parser
@@ -361,7 +367,9 @@ def _get(args: argparse.Namespace, config: Config) -> int:
     key = args.key
     if isinstance(config.space, GridSpace):
         try:
-            key = config.space.decode(key).key
+            decoded = config.space.decode(key)
+            # Off the grid, the API's canonical form: a version may hold it (recorded misses, write-back).
+            key = decoded.key if decoded.in_space else config.space.key_of_features(decoded.features)
         except SpaceError as exc:  # malformed: a usage error (HTTP 400); outside the space: not found (404)
             return _fail(Exit.CONFIG if exc.malformed else Exit.NOT_FOUND, str(exc))
 
@@ -384,6 +392,29 @@ def _get(args: argparse.Namespace, config: Config) -> int:
     if value is None:
         return _fail(Exit.NOT_FOUND, f"key {key!r} is not in version {version}")
     print(f'{{"key":{json.dumps(key)},"prediction":{value.decode()},"model_version":"{version}"}}')
+    return Exit.OK
+
+
+def _misses(args: argparse.Namespace, config: Config) -> int:
+    backend = _open(config).backend
+    if args.clear:
+        with RunLock(backend, ttl_s=config.store.lock_ttl_seconds):  # not while a run reads them
+            recorded = backend.misses()
+            backend.clear_misses(list(recorded))
+        print(f"cleared {len(recorded):,} recorded miss(es)")
+        return Exit.OK
+    ranked = sorted(backend.misses().items(), key=lambda item: (-item[1], item[0]))
+    if args.json:
+        print(json.dumps([{"key": key.decode(errors="replace"), "count": count} for key, count in ranked], indent=2))
+        return Exit.OK
+    if not ranked:
+        print(f"no misses recorded in {config.store_url} (they are recorded with [serve] record_misses = true)")
+        return Exit.OK
+    print(
+        f"{len(ranked):,} recorded miss(es), answered {sum(count for _, count in ranked):,} times; the most answered:"
+    )
+    for key, count in ranked[: max(0, args.top)]:
+        print(f"{count:>10,}  {key.decode(errors='replace')}")
     return Exit.OK
 
 

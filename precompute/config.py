@@ -51,6 +51,7 @@ __all__ = [
     "TABLE_FORMATS",
     "Config",
     "ConfigError",
+    "MissesConfig",
     "ModelConfig",
     "RunConfig",
     "ServeConfig",
@@ -166,6 +167,24 @@ class RunConfig:
         )
 
 
+_grid_misses = GridSpaceSection.model_fields
+
+
+@dataclass(frozen=True)
+class MissesConfig:
+    """``[space] include_misses`` and its limits (grid spaces only): which recorded misses a run scores."""
+
+    include: bool = _grid_misses["include_misses"].default
+    min_count: int = _grid_misses["misses_min_count"].default
+    max_keys: int = _grid_misses["misses_max"].default
+
+    @classmethod
+    def of(cls, section: GridSpaceSection | TableSpaceSection) -> MissesConfig:
+        if isinstance(section, TableSpaceSection):
+            return cls()  # the section refuses include_misses = true
+        return cls(section.include_misses, section.misses_min_count, section.misses_max)
+
+
 @dataclass(frozen=True)
 class VerifyConfig:
     """``[verify]``: the drift gate. A limit of None is off."""
@@ -211,6 +230,9 @@ class ServeConfig:
     auth_tokens_env: str = _serve.auth_tokens_env
     auth_tokens: tuple[str, ...] = ()  # from the environment, never from the file
     shutdown_seconds: float = _serve.shutdown_seconds
+    record_misses: bool = _serve.record_misses
+    misses_flush_seconds: float = _serve.misses_flush_seconds
+    misses_max_keys: int = _serve.misses_max_keys
 
     def __repr__(self) -> str:  # the generated one would print the tokens into logs and tracebacks
         fields = ", ".join(
@@ -263,6 +285,7 @@ class Config:
     run: RunConfig
     serve: ServeConfig
     verify: VerifyConfig = VerifyConfig()
+    misses: MissesConfig = MissesConfig()
 
     @property
     def store_url(self) -> StoreURL:
@@ -302,6 +325,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         run=RunConfig.of(document.run, env),
         serve=ServeConfig.of(document.serve, env),
         verify=VerifyConfig.of(document.verify),
+        misses=MissesConfig.of(document.space),
     )
 
 

@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from precompute.space import Categorical, GridSpace
+from precompute.space import Categorical, GridSpace, Range, label
 
 Array = npt.NDArray[Any]
 # Before TensorFlow is imported anywhere (Ray workers inherit it too): keep its C++ INFO chatter out of logs.
@@ -175,3 +176,30 @@ def grid_inputs(space: GridSpace, signature: Signature) -> dict[str, Array]:
         else:
             arrays[dim.name] = dim.values_array().astype(dtype)
     return arrays
+
+
+class FeatureArrays:
+    """Decoded features, on the grid or off it, -> the model's input arrays, converted as :func:`grid_inputs`
+    converts the grid: a value on the grid is the very float64 the batch job feeds (``np.round`` of the
+    range), then the same cast. The API's online answers and a run's recorded misses both go through this,
+    so a key is scored the same way wherever it is scored."""
+
+    def __init__(self, space: GridSpace, signature: Signature) -> None:
+        self.space = space
+        self.inputs = signature.inputs
+        self._grid = {d.name: d.values_array() for d in space.dimensions if isinstance(d, Range)}
+
+    def __call__(self, rows: Sequence[Mapping[str, str | float]]) -> dict[str, Array]:
+        arrays: dict[str, Array] = {}
+        for dim in self.space.dimensions:
+            values = [row[dim.name] for row in rows]
+            dtype = self.inputs[dim.name]
+            if dtype == "string":
+                arrays[dim.name] = np.array([label(dim, v).encode() for v in values], dtype=object)
+            elif isinstance(dim, Range):
+                grid = self._grid[dim.name]
+                numbers = [grid[i] if (i := dim.exact(float(v))) is not None else float(v) for v in values]
+                arrays[dim.name] = np.array(numbers, dtype=np.float64).astype(dtype)
+            else:
+                arrays[dim.name] = np.array([float(v) for v in values], dtype=np.float64).astype(dtype)
+        return arrays

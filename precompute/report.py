@@ -105,6 +105,10 @@ def _stages(s: Mapping[str, Any]) -> str:
         ("rows/s", _num(s.get("rows_per_second"))),
         ("gc dropped", _e(dropped)),
     ]
+    misses = _map(s.get("misses"))
+    if misses:  # [space] include_misses
+        included, recorded, below = (_num(misses.get(k)) for k in ("included", "recorded", "below_min_count"))
+        totals.append(("misses included", f"{included} of {recorded} recorded ({below} below the minimum count)"))
     return f"<h2>Stages</h2>{chart}{_dl(totals)}"
 
 

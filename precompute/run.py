@@ -8,12 +8,15 @@ Stages, each timed in the run summary::
     ray      a local Ray started, or the cluster joined (bounded in time); actors planned against its resources;
              the model put in Ray's object store (see precompute.shipping: code and model travel through Ray)
     lock     the store's run lock taken; versions left by dead runs cleaned up
-    score    Ray Data: grid ids (or table rows) -> actor pool (model loaded once per actor) -> Datasink
+    misses   with [space] include_misses: the off-grid keys the API recorded, chosen (precompute.misses)
+    score    Ray Data: grid ids (or table rows) -> actor pool (model loaded once per actor) -> Datasink;
+             then the chosen misses, scored on the driver as the API scores them online
     verify   rows written == space size, store count where cheap, golden rows read back and compared
     drift    a sample of keys read from the new and the live version and compared (precompute.drift); over
              a [verify] limit the version is kept as 'refused' and nothing is published (unless forced)
     publish  one compare-and-swap of the live alias
-    gc       versions beyond [store] keep_versions dropped, failed and unfinished ones too
+    gc       versions beyond [store] keep_versions dropped, failed and unfinished ones too; recorded misses
+             the grid now covers (or that no longer fit the space) cleared
 
 Any failure after the version is begun marks it failed and drops its rows; the live version never changes
 unless every stage passed. The :class:`RunSummary` is filled in as the stages go, so that a failed or
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from precompute import cluster, drift, shipping
+from precompute import cluster, drift, misses, shipping
 from precompute.adapters import backend_class, open_backend
 from precompute.cluster import Node
 from precompute.config import Config, ConfigError
@@ -96,6 +99,8 @@ class RunSummary:
     verification: dict[str, Any] | None = None
     gate: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, Any] | None = None  # precompute.drift's Diff of the live version and this one
+    misses_included: int = 0  # recorded misses scored into this version ([space] include_misses)
+    misses: dict[str, Any] | None = None  # precompute.misses.Selection.to_dict(): what became of the others
 
     @property
     def rows_per_second(self) -> float:
@@ -137,6 +142,13 @@ class RunSummary:
                     f"            {o['output']}: PSI {o['psi']:.4f}, {o['changed_fraction']:.2%} of {o['keys']:,} "
                     f"changed, mean {o['mean']['a']:.6g} -> {o['mean']['b']:.6g}"
                 )
+        if self.misses is not None:
+            m = self.misses
+            lines.append(
+                f"  misses    {m['included']:,} of {m['recorded']:,} recorded included (answered online at least "
+                f"{m['min_count']} times); {m['below_min_count']:,} below that, {m['over_max']:,} over misses_max, "
+                f"{m['in_grid'] + m['not_in_space']:,} no longer off the grid ({m['cleared']:,} cleared)"
+            )
         if self.dropped:
             lines.append(f"  gc        dropped {', '.join(self.dropped)}")
         return "\n".join(lines)
@@ -261,13 +273,18 @@ def _locked_run(config: Config, job: _Job, backend: Backend, stages: _Stages, su
             "model_path": config.model.location,
             "config": str(config.source),
         }
+        chosen = _choose_misses(config, backend, stages, summary)
+        if chosen is not None:
+            meta["misses_included"] = len(chosen.included)  # the API reads off-grid keys from such a version
         # The announced size lets a backend size its layout (Redis buckets); a table's size is not counted yet.
         expected = config.space.size if isinstance(config.space, GridSpace) else None
+        if expected is not None and chosen is not None:
+            expected += len(chosen.included)
         record = versions.begin(meta, expected_rows=expected)
         summary.version = record.version
         log.info("[begin] writing new version %s", record.version)
         try:
-            return _score_verify_publish(config, job, backend, versions, record, lock, stages, summary)
+            return _score_verify_publish(config, job, backend, versions, record, lock, stages, summary, chosen)
         except DriftRefused:
             raise  # complete and kept, as 'refused'
         except BaseException as exc:
@@ -298,6 +315,7 @@ def _score_verify_publish(
     lock: RunLock,
     stages: _Stages,
     summary: RunSummary,
+    chosen: misses.Selection | None = None,
 ) -> RunSummary:
     plan = job.plan
     where = "; ".join(node.describe() for node in job.nodes)
@@ -311,12 +329,25 @@ def _score_verify_publish(
         except Exception as exc:
             raise _cause(exc) from exc
         written = sink.rows_written
-        summary.rows = written
         summary.nodes = _per_node(job.nodes, sink.reports)
         summary.write_task_gpus = sum(report.gpus for report in sink.reports)
         expected = _expected_rows(config, table)
+    golden_misses: dict[bytes, bytes] = {}
+    if chosen is not None and chosen.included and isinstance(config.space, GridSpace):
+        with stages.stage("score", f"scoring {len(chosen.included):,} recorded misses into {record.version}"):
+            rows = misses.score(job.model, config.space, chosen, config.run.batch_size)
+            backend.write(record.version, rows)
+        written += len(rows)
+        expected += len(rows)
+        golden_misses = dict(rows[:: max(1, len(rows) // 8)][:8])  # a few of them checked like the grid's
+    if chosen is not None:
+        summary.misses_included = len(chosen.included) - chosen.non_finite
+        summary.misses = chosen.to_dict()
+    summary.rows = written
     with stages.stage("verify", f"checking {written:,} written rows"):
-        summary.verification = _verify(config, job.model, table, backend, record.version, written, expected)
+        summary.verification = _verify(
+            config, job.model, table, backend, record.version, written, expected, golden_misses
+        )
     live = versions.live()
     summary.previous = live
     with stages.stage("drift", f"comparing a sample of {record.version} with the live version {live or '(none)'}"):
@@ -339,9 +370,30 @@ def _score_verify_publish(
         summary.previous = versions.publish(record)
     with stages.stage("gc", f"keeping {config.store.keep_versions} published version(s)"):
         summary.dropped = versions.gc(config.store.keep_versions)
+        if chosen is not None:  # only now: a failed or refused run leaves the recorded misses as they were
+            misses.clear_stale(backend, chosen)
+            summary.misses = chosen.to_dict()
     summary.outcome = "published"
     _keep_summary(backend, record, summary)
     return summary
+
+
+def _choose_misses(config: Config, backend: Backend, stages: _Stages, summary: RunSummary) -> misses.Selection | None:
+    """The recorded misses this run includes (``[space] include_misses``), or None when it includes none."""
+    if not config.misses.include or not isinstance(config.space, GridSpace):
+        return None
+    with stages.stage("misses", f"reading the misses recorded in {config.store_url}"):
+        chosen = misses.select(backend, config.space, config.misses)
+    summary.misses = chosen.to_dict()
+    log.info(
+        "[misses] %d recorded, %d included (answered at least %d times), %d below that, %d over misses_max",
+        chosen.recorded,
+        len(chosen.included),
+        chosen.min_count,
+        chosen.below_min_count,
+        chosen.over_max,
+    )
+    return chosen
 
 
 def _keep_summary(backend: Backend, record: VersionRecord, summary: RunSummary) -> None:
@@ -650,7 +702,14 @@ def _drift_sample(config: Config, table: Any, rows: int) -> list[str]:
 
 
 def _verify(
-    config: Config, model: Model, table: Any, backend: Backend, version: str, written: int, expected: int
+    config: Config,
+    model: Model,
+    table: Any,
+    backend: Backend,
+    version: str,
+    written: int,
+    expected: int,
+    extra_golden: dict[bytes, bytes] | None = None,
 ) -> dict[str, Any]:
     if written != expected:
         raise VerificationFailed(f"{written:,} rows were written but the space has {expected:,}")
@@ -658,7 +717,7 @@ def _verify(
     if stored is not None and stored != expected:
         hint = " (duplicate keys in the table?)" if isinstance(config.space, TableSpace) else ""
         raise VerificationFailed(f"the store holds {stored:,} rows of version {version}, expected {expected:,}{hint}")
-    golden = _golden(config, model, table)
+    golden = {**_golden(config, model, table), **(extra_golden or {})}
     found = backend.read(version, list(golden))
     for (key, want), got in zip(golden.items(), found, strict=True):
         if got is None:

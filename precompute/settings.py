@@ -163,6 +163,17 @@ class GridSpaceSection(_Section):
         description="The features, one [[space.feature]] per model input; their order is the enumeration order.",
         examples=[[{"name": "is_male", "values": ["True", "False"]}]],
     )
+    include_misses: bool = Field(
+        False,
+        description="Also score the off-grid keys the API recorded ([serve] record_misses) into the new version, "
+        "those answered online at least misses_min_count times.",
+    )
+    misses_min_count: PositiveInt = Field(
+        3, description="How many online answers a recorded miss needs before a run includes it."
+    )
+    misses_max: PositiveInt = Field(
+        100_000, description="The most recorded misses a run includes (the most answered first)."
+    )
 
     @model_validator(mode="after")
     def _keys_read_back(self) -> Self:
@@ -223,6 +234,21 @@ class TableSpaceSection(_Section):
     columns: dict[str, str] = Field(
         {}, description="Model input -> column, where the names differ.", examples=[{"is_male": "sex"}]
     )
+    include_misses: bool = Field(
+        False, description="Grid spaces only: a table's keys carry no features, so a recorded miss cannot be scored."
+    )
+
+    @model_validator(mode="after")
+    def _no_misses(self) -> Self:
+        if self.include_misses:
+            raise Problems(
+                (
+                    "include_misses",
+                    "a table space's keys carry no features, so the misses the API records cannot be scored "
+                    "(it records only off-grid keys of a grid space). Fix: remove include_misses",
+                )
+            )
+        return self
 
     @model_validator(mode="after")
     def _format_known(self) -> Self:
@@ -433,6 +459,19 @@ class ServeSection(_Section):
         "PRECOMPUTE_API_TOKENS", description="The environment variable that holds the accepted tokens, comma-separated."
     )
     shutdown_seconds: PositiveFloat = Field(10.0, description="How long in-flight requests get on SIGTERM.")
+    record_misses: bool = Field(
+        False,
+        description="Count the off-grid keys answered online and add the counts to the store every "
+        "misses_flush_seconds, for a run with [space] include_misses; needs the fallback on.",
+    )
+    misses_flush_seconds: PositiveFloat = Field(
+        5.0, description="How often the counted misses are added to the store (and once more at shutdown)."
+    )
+    misses_max_keys: PositiveInt = Field(
+        100_000,
+        description="The most distinct misses the store keeps; a new key beyond them is refused (and counted in "
+        'precompute_misses_total{outcome="refused"}).',
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -443,6 +482,14 @@ class ServeSection(_Section):
                     "batch_target_ms",
                     f"{self.target_ms} must be below deadline_ms ({self.deadline_ms}), or no batch could finish "
                     f"in time. Fix: `batch_target_ms = {self.deadline_ms / 4:g}`",
+                )
+            )
+        if self.record_misses and self.fallback == "off":
+            problems.append(
+                (
+                    "record_misses",
+                    'counts the keys answered online, but fallback = "off" answers none. Fix: add '
+                    '`fallback = "on"`, or remove record_misses',
                 )
             )
         if self.write_back_ttl_seconds is not None and not self.write_back:

@@ -226,6 +226,11 @@ class GridSpace:
             features[dim.name] = _number(dim.name, value)
         return features
 
+    def key_of_features(self, features: Mapping[str, str | float]) -> str:
+        """The canonical key of decoded features, on the grid or off it (:func:`label`): ``51``, ``51.0`` and
+        ``51.00`` are one key, the one the API answers online and records as a miss, and a run stores."""
+        return self.template.render({dim.name: label(dim, features[dim.name]) for dim in self.dimensions})
+
     def snap(self, raw: Mapping[str, object]) -> str:
         """The grid key nearest to raw feature values (``mother_age=25.4`` -> ``...:25:...``)."""
         indices: dict[str, int] = {}
@@ -241,6 +246,20 @@ class GridSpace:
                 )
             indices[dim.name] = index
         return self.key_of(indices)
+
+
+def label(dim: Dimension, value: str | float) -> str:
+    """A feature value as a canonical key writes it: a category's label, a grid value's own label, and the
+    shortest form of any other number (``51``, ``51.5``)."""
+    if isinstance(dim, Categorical):
+        return str(value)
+    number = float(value)
+    index = dim.exact(number)
+    if index is not None:
+        return dim.label_list[index]
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return repr(number)
 
 
 @dataclass(frozen=True)

@@ -31,3 +31,17 @@ def encode_values(outputs: dict[str, npt.NDArray[np.float32]], keys: pa.Array) -
     pieces.append(pa.scalar("}"))
     joined = pc.binary_join_element_wise(*pieces, "")
     return joined.cast(pa.binary())
+
+
+def encode_finite(outputs: dict[str, npt.NDArray[np.float32]], keys: list[str]) -> list[bytes | None]:
+    """:func:`encode_values` row by row for keys scored one at a time or a few (online answers, recorded
+    misses): ``None`` for a row where the model returned NaN or infinity, instead of failing them all."""
+    arrow_keys = pa.array(keys, pa.string())
+    finite = np.ones(len(keys), dtype=bool)
+    for column in outputs.values():
+        finite &= np.isfinite(column)
+    if finite.all():
+        return list(encode_values(outputs, arrow_keys).to_pylist())
+    kept = {name: column[finite] for name, column in outputs.items()}
+    encoded = iter(encode_values(kept, arrow_keys.filter(pa.array(finite))).to_pylist())
+    return [next(encoded) if ok else None for ok in finite]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import ClassVar
 
 from precompute.store.codec import EXPIRING, split_expiry, unexpired
@@ -25,6 +25,14 @@ from precompute.store.url import StoreURL
 
 Item = tuple[bytes, bytes]
 """One row of a version: (encoded key, encoded value)."""
+
+
+def admitted(new: Mapping[bytes, int], room: int) -> list[bytes]:
+    """The keys of ``new`` (not recorded yet) that fit in ``room`` free places: the most counted first, then
+    by key, so that every backend admits the same ones."""
+    if room <= 0:
+        return []
+    return sorted(new, key=lambda key: (-new[key], key))[:room]
 
 
 class Meta(ABC):
@@ -73,6 +81,22 @@ class Meta(ABC):
     @abstractmethod
     def release_lock(self, owner: str) -> None:
         """Release the lock if ``owner`` holds it; otherwise do nothing."""
+
+    # -- misses: off-grid keys answered online, counted (see Backend.add_misses) -----------------
+
+    @abstractmethod
+    def increment_misses(self, counts: Mapping[bytes, int], cap: int) -> int:
+        """Add each count to its key's, atomically. A key not recorded yet is added only while fewer than
+        ``cap`` keys are recorded (the most counted first: :func:`admitted`); returns how many keys were
+        refused. ``counts`` is non-empty, every count positive (:meth:`Backend.add_misses` checks)."""
+
+    @abstractmethod
+    def read_misses(self) -> dict[bytes, int]:
+        """Every recorded miss and its count."""
+
+    @abstractmethod
+    def delete_misses(self, keys: Sequence[bytes]) -> None:
+        """Forget ``keys`` (non-empty, no duplicates); a key that is not recorded is ignored."""
 
 
 class Backend(ABC):
@@ -188,6 +212,52 @@ class Backend(ABC):
     def release_lock(self, owner: str) -> None:
         """See :meth:`Meta.release_lock`."""
         self.meta.release_lock(owner)
+
+    # -- misses: keys the API answered online because they are off the grid -------------------------
+    # Counted by every API process (``[serve] record_misses``), read by ``precompute run`` with
+    # ``[space] include_misses``. Bounded twice: ``cap`` distinct keys in the store, and what each API
+    # process keeps between flushes. Small and strongly consistent, like the records: server backends keep
+    # them in their meta.py, next to the alias.
+
+    def add_misses(self, counts: Mapping[bytes, int], cap: int) -> int:
+        """Add ``counts`` (key -> times answered online) to the recorded misses; returns how many keys were
+        refused because ``cap`` distinct keys are recorded already.
+
+        Each key's count is incremented atomically, so concurrent callers (API workers and replicas) add up
+        exactly; a key not recorded yet is admitted only while fewer than ``cap`` keys are.
+        """
+        if cap < 0:
+            raise ValueError(f"cap must be 0 or more, not {cap}")
+        bad = [key for key, count in counts.items() if not isinstance(count, int) or count < 1]
+        if bad:
+            raise ValueError(f"a miss count is a positive integer; {bad[0][:100]!r} has {counts[bad[0]]!r}")
+        if not counts:
+            return 0
+        return self.increment_misses(counts, cap)
+
+    def misses(self) -> dict[bytes, int]:
+        """Every recorded miss and its count."""
+        return self.read_misses()
+
+    def clear_misses(self, keys: Iterable[bytes]) -> None:
+        """Forget ``keys`` (their counts start again from zero). Keys that are not recorded are ignored."""
+        unique = list(dict.fromkeys(keys))
+        if unique:
+            self.delete_misses(unique)
+
+    # Delegated to .meta, as the records are; the embedded backends override them directly.
+
+    def increment_misses(self, counts: Mapping[bytes, int], cap: int) -> int:
+        """See :meth:`Meta.increment_misses`."""
+        return self.meta.increment_misses(counts, cap)
+
+    def read_misses(self) -> dict[bytes, int]:
+        """See :meth:`Meta.read_misses`."""
+        return self.meta.read_misses()
+
+    def delete_misses(self, keys: Sequence[bytes]) -> None:
+        """See :meth:`Meta.delete_misses`."""
+        self.meta.delete_misses(keys)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Optional."""

@@ -194,3 +194,37 @@ def test_a_run_into_a_full_redis_is_exit_8_and_changes_nothing(redis_factory: Ca
     assert "store full" in result.stderr
     assert "maxmemory" in result.stderr
     assert versions(store) == [] or all(not row["live"] for row in versions(store))
+
+
+def test_misses_are_listed_and_cleared_and_get_finds_an_included_one(tmp_path: Path) -> None:
+    from precompute.adapters import open_backend
+    from precompute.store import Versions
+    from precompute.store.codec import encode_key
+
+    store = f"sqlite:///{tmp_path}/store.db"
+    config = ["--config", str(EXAMPLE_CONFIG)]
+    backend = open_backend(store)
+    assert "no misses recorded" in cli("misses", *config, store=store).stdout
+    backend.add_misses({encode_key("True:51:Single(1):39"): 7, encode_key("False:55:Single(1):30"): 2}, cap=10)
+    listed = cli("misses", *config, "--top", "1", store=store)
+    assert listed.returncode == 0, listed.stderr
+    assert "2 recorded miss(es), answered 9 times" in listed.stdout
+    assert "         7  True:51:Single(1):39" in listed.stdout
+    assert "False:55" not in listed.stdout
+    as_json = json.loads(cli("misses", *config, "--json", store=store).stdout)
+    assert as_json == [{"key": "True:51:Single(1):39", "count": 7}, {"key": "False:55:Single(1):30", "count": 2}]
+
+    # A version that holds an off-grid key (a run with include_misses): `get` finds it in canonical form.
+    versions = Versions(backend)
+    record = versions.begin({"misses_included": 1})
+    backend.write(record.version, [(encode_key("True:51:Single(1):39"), b'{"weight_pounds":7.0}')])
+    versions.mark_ready(record, 1)
+    versions.publish(record)
+    found = cli("get", *config, "True:51.0:Single(1):39", store=store)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["prediction"] == {"weight_pounds": 7.0}
+
+    cleared = cli("misses", *config, "--clear", store=store)
+    assert cleared.returncode == 0, cleared.stderr
+    assert "cleared 2 recorded miss(es)" in cleared.stdout
+    assert backend.misses() == {}

@@ -25,7 +25,7 @@ Go process; these figures orient, they do not predict a cluster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as core_exceptions
@@ -183,6 +183,10 @@ class BigtableBackend(Backend):
     def acquire_lock(self, owner: str, ttl_s: float) -> str | None:
         self._ensure_table()
         return self.meta.acquire_lock(owner, ttl_s)
+
+    def increment_misses(self, counts: Mapping[bytes, int], cap: int) -> int:
+        self._ensure_table()
+        return self.meta.increment_misses(counts, cap)
 
     def close(self) -> None:
         # The data client is the process's, closed at exit; only this backend's own parts go here.

@@ -6,6 +6,8 @@ One table holds every version and the store's bookkeeping::
     ~alias                 m:alias the live version id
     ~lock                  m:lease "<expiry ms, 16 digits>|<owner>", the run lock as one cell
     ~record#<version>      m:r     the version record (JSON from store.versions)
+    ~misses                v:<key> times the key was answered online off the grid (8-byte big-endian)
+                           m:gen   a random token, replaced by every change of the row (its compare-and-swap)
 
 Why a prefix per version rather than a table per version. Both make publish atomic the same way (one
 ``CheckAndMutateRow`` on the alias row) and both drop a version with one admin call
@@ -52,6 +54,8 @@ GC_RULE = {"max_num_versions": 1}
 ALIAS_ROW = b"~alias"
 LOCK_ROW = b"~lock"
 RECORD_PREFIX = b"~record#"
+MISSES_ROW = b"~misses"
+GEN_COLUMN = b"gen"
 
 
 def version_prefix(version: str) -> bytes:

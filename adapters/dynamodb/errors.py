@@ -52,6 +52,15 @@ class ConditionFailed(StoreError):
         self.item = item
 
 
+class TransactionCanceled(StoreError):
+    """A TransactWriteItems was cancelled; ``reasons`` holds one code per action, in order (``"None"`` for an
+    action that was fine, ``"ConditionalCheckFailed"``, ``"TransactionConflict"``...)."""
+
+    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or []
+
+
 class ServiceError(Exception):
     """An error answer of DynamoDB's JSON protocol, as the wire client reads it (boto3: ``ClientError``)."""
 
@@ -111,6 +120,7 @@ RULES: dict[str, Rule] = {
     "ResourceNotFoundException": Rule(TableMissing),
     "ResourceInUseException": Rule(TableInUse),
     "ConditionalCheckFailedException": Rule(ConditionFailed),
+    "TransactionCanceledException": Rule(TransactionCanceled),
 }
 
 #: What cannot reach DynamoDB (refused, reset, DNS, timeouts): retried, then StoreUnavailable.
@@ -188,6 +198,9 @@ def translate(exc: BaseException, what: str) -> StoreError:
     if rule.kind is ConditionFailed:
         item = exc.response.get("Item") if isinstance(exc, botocore.exceptions.ClientError) else None
         return ConditionFailed(text, item)
+    if rule.kind is TransactionCanceled:
+        found = exc.response.get("CancellationReasons", []) if isinstance(exc, botocore.exceptions.ClientError) else []
+        return TransactionCanceled(text, [str(reason.get("Code", "None")) for reason in found])
     return rule.kind(text)
 
 

@@ -2,7 +2,8 @@
 
 One table per version, ``PREFIX.v.VERSION`` (partition key ``k``, binary; value ``v``, binary), plus one
 small table ``PREFIX.meta`` (``pk``/``sk`` strings) that holds the live alias (``alias/live``), the run
-lock (``lock/run``) and one record per version (``record/VERSION``); :mod:`.meta` reads and writes it.
+lock (``lock/run``), one record per version (``record/VERSION``) and the recorded misses (``miss/S/KEY``,
+``S`` one of 16 shards, and their number in ``misses/count``); :mod:`.meta` reads and writes it.
 
 Why a table per version rather than one table with version-prefixed keys (``bench/dynamodb_load.py
 --layout``: DynamoDB Local on a 2-core VM, 20 000 items per version, medians of 3 runs):
@@ -34,6 +35,7 @@ share a table.
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,10 +62,25 @@ ALIAS_KEY: dict[str, Any] = {"pk": {"S": "alias"}, "sk": {"S": "live"}}
 LOCK_KEY: dict[str, Any] = {"pk": {"S": "lock"}, "sk": {"S": "run"}}
 RECORD_PK = "record"
 RECORD_ATTR = "record"
+#: The misses: one item per key, spread over this many partition keys (one partition takes ~1,000 writes/s).
+MISS_SHARDS = 16
+MISS_COUNT_ATTR = "c"
+#: The number of recorded misses, kept with every key added or removed (in the same transaction).
+MISSES_COUNTER: dict[str, Any] = {"pk": {"S": "misses"}, "sk": {"S": "count"}}
+MISSES_COUNTER_ATTR = "n"
 
 
 def record_key(version: str) -> dict[str, Any]:
     return {"pk": {"S": RECORD_PK}, "sk": {"S": check_version(version)}}
+
+
+def miss_shard(shard: int) -> str:
+    return f"miss/{shard:x}"
+
+
+def miss_key(key: bytes) -> dict[str, Any]:
+    """The item of one miss: a store key is UTF-8 text of at most 1,024 bytes, as a sort key must be."""
+    return {"pk": {"S": miss_shard(zlib.crc32(key) % MISS_SHARDS)}, "sk": {"S": key.decode("utf-8")}}
 
 
 def item_size(key: bytes, value: bytes) -> int:

@@ -6,7 +6,13 @@ The meta table ``PREFIX.meta`` (string keys ``pk``/``sk``) holds three kinds of 
   or the new one and nothing in between;
 * ``lock/run``: the run lock, taken with one conditional PutItem (absent, expired, or the same owner);
   expiry compares the clocks of the machines that take it;
-* ``record/VERSION``: each version's record, listed with one Query.
+* ``record/VERSION``: each version's record, listed with one Query;
+* ``miss/S/KEY`` and ``misses/count``: the recorded misses, one item per key (``S``: one of 16 shards, so
+  that flushes from many API processes spread over partitions) and how many there are. A known key is one
+  ``UpdateItem ... ADD c :n`` (atomic, conditional on the item existing); a new key is one
+  ``TransactWriteItems`` that creates it and adds 1 to the count on the condition that the count is below
+  the cap, so the cap holds exactly whatever the concurrency. Clearing a key removes it and subtracts 1 in
+  one transaction too. One call per key: a flush of many distinct keys is as many round trips.
 
 It is created on the first write to it and is always on demand: every API process polls the alias, and
 a provisioned meta table would be one more capacity number to get right for a few items.
@@ -21,18 +27,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from precompute.adapters.dynamodb.client import call
-from precompute.adapters.dynamodb.errors import ConditionFailed, TableMissing
+from precompute.adapters.dynamodb.errors import ConditionFailed, TableMissing, TransactionCanceled
 from precompute.adapters.dynamodb.layout import (
     ALIAS_KEY,
     LOCK_KEY,
     META_SCHEMA,
+    MISS_COUNT_ATTR,
+    MISS_SHARDS,
+    MISSES_COUNTER,
+    MISSES_COUNTER_ATTR,
     RECORD_ATTR,
     RECORD_PK,
     Tables,
+    miss_key,
+    miss_shard,
     record_key,
 )
 from precompute.store import StoreError
@@ -50,6 +63,8 @@ class MetaTable(Meta):
         self.backoff = backoff
         # A lock that changes hands between the refused PutItem and the GetItem that reads its holder.
         self._handovers = Backoff(base_s=0.01, cap_s=0.1, deadline_s=backoff.deadline_s, max_attempts=5)
+        # A miss that other processes keep adding or transacting on while this one adds it.
+        self._miss_turns = Backoff(base_s=0.01, cap_s=0.2, deadline_s=max(backoff.deadline_s, 10.0), max_attempts=50)
 
     # -- version records -------------------------------------------------------------------------
 
@@ -148,6 +163,122 @@ class MetaTable(Meta):
                 ExpressionAttributeNames={"#o": "owner"},
                 ExpressionAttributeValues={":owner": {"S": owner}},
             )
+
+    # -- misses ------------------------------------------------------------------------------------
+
+    def increment_misses(self, counts: Mapping[bytes, int], cap: int) -> int:
+        refused = 0
+        for key in sorted(counts, key=lambda key: (-counts[key], key)):  # the most counted new keys first
+            if not self._add_miss(key, counts[key], cap):
+                refused += 1
+        return refused
+
+    def _add_miss(self, key: bytes, count: int, cap: int) -> bool:
+        """False when the cap refused the key."""
+        add: dict[str, Any] = {
+            "UpdateExpression": "ADD #c :n",
+            "ExpressionAttributeNames": {"#c": MISS_COUNT_ATTR},
+            "ExpressionAttributeValues": {":n": {"N": str(count)}},
+        }
+        for _attempt in self._miss_turns.delays():
+            try:  # a known key: one atomic increment
+                known = {"Key": miss_key(key), "ConditionExpression": "attribute_exists(pk)", **add}
+                self._call("update_item", create=True, **known)
+                return True
+            except ConditionFailed:
+                if cap <= 0:
+                    return False
+            actions = [
+                {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": MISSES_COUNTER,
+                        "UpdateExpression": "ADD #n :one",
+                        "ConditionExpression": "attribute_not_exists(#n) OR #n < :cap",
+                        "ExpressionAttributeNames": {"#n": MISSES_COUNTER_ATTR},
+                        "ExpressionAttributeValues": {":one": {"N": "1"}, ":cap": {"N": str(cap)}},
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": miss_key(key),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                        **add,
+                    }
+                },
+            ]
+            try:
+                self._transact(actions, f"recording a miss in {self.table}")
+                return True
+            except TransactionCanceled as cancelled:
+                counter, item = [*cancelled.reasons, "None", "None"][:2]
+                if item == "ConditionalCheckFailed":
+                    continue  # another process added the key meanwhile: increment it
+                if counter == "ConditionalCheckFailed":
+                    return False
+                # TransactionConflict: a concurrent transaction on the same items; try again
+        raise StoreError(f"could not record the miss {key[:100]!r} in {self.table}: it kept changing")
+
+    def read_misses(self) -> dict[bytes, int]:
+        found: dict[bytes, int] = {}
+        for shard in range(MISS_SHARDS):
+            start: dict[str, Any] | None = None
+            while True:  # pages of the Query (1 MB each)
+                query: dict[str, Any] = {
+                    "KeyConditionExpression": "pk = :p",
+                    "ExpressionAttributeValues": {":p": {"S": miss_shard(shard)}},
+                    "ConsistentRead": True,
+                }
+                if start:
+                    query["ExclusiveStartKey"] = start
+                page = self._call("query", create=False, **query)
+                if page is None:
+                    return found
+                for item in page.get("Items", []):
+                    found[item["sk"]["S"].encode("utf-8")] = int(item[MISS_COUNT_ATTR]["N"])
+                start = page.get("LastEvaluatedKey")
+                if not start:
+                    break
+        return found
+
+    def delete_misses(self, keys: Sequence[bytes]) -> None:
+        for key in keys:
+            actions = [
+                {
+                    "Delete": {
+                        "TableName": self.table,
+                        "Key": miss_key(key),
+                        "ConditionExpression": "attribute_exists(pk)",
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": MISSES_COUNTER,
+                        "UpdateExpression": "ADD #n :minus",
+                        "ExpressionAttributeNames": {"#n": MISSES_COUNTER_ATTR},
+                        "ExpressionAttributeValues": {":minus": {"N": "-1"}},
+                    }
+                },
+            ]
+            try:
+                self._transact(actions, f"clearing a miss in {self.table}")
+            except TransactionCanceled as cancelled:
+                if "ConditionalCheckFailed" not in cancelled.reasons:
+                    raise
+            except TableMissing:
+                return
+
+    def _transact(self, actions: list[dict[str, Any]], what: str) -> None:
+        """One TransactWriteItems, retried with the same request token: a retry after a lost answer is not
+        applied twice (DynamoDB remembers a token for ten minutes)."""
+        token = uuid.uuid4().hex
+        call(
+            self.backoff,
+            what,
+            lambda: self.client.transact_write_items(TransactItems=actions, ClientRequestToken=token),
+        )
 
     # -- plumbing --------------------------------------------------------------------------------
 

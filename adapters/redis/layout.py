@@ -5,6 +5,7 @@ Everything that decides a key name lives here, so the writer, the reader and gc 
     <prefix>alias                  string  the live version id; flipped by one Lua compare-and-set
     <prefix>records                hash    version id -> version record (JSON)
     <prefix>lock                   string  run-lock owner, SET with PX; renewed/released by owner in Lua
+    <prefix>misses                 hash    off-grid key -> times answered online (HINCRBY in one Lua script)
     <prefix>v:<version>:layout     string  {"buckets": B, "expires_at": ...}, written first, deleted last
     <prefix>v:<version>:<b>        hash    field = key, value = value, for every key with crc32(key) % B == b
 
@@ -62,6 +63,10 @@ class Keys:
     @property
     def lock(self) -> bytes:
         return self.prefix + b"lock"
+
+    @property
+    def misses(self) -> bytes:
+        return self.prefix + b"misses"
 
     def version(self, version: str) -> bytes:
         """The prefix of every key of ``version`` (a valid version id, else :class:`VersionError`)."""

@@ -8,7 +8,16 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel
 
-from precompute.config import ConfigError, ModelConfig, RunConfig, ServeConfig, StoreConfig, VerifyConfig, load_config
+from precompute.config import (
+    ConfigError,
+    MissesConfig,
+    ModelConfig,
+    RunConfig,
+    ServeConfig,
+    StoreConfig,
+    VerifyConfig,
+    load_config,
+)
 from precompute.settings import ConfigFile, document_schema
 from tests.precompute.conftest import EXAMPLE, EXAMPLE_CONFIG
 
@@ -205,6 +214,8 @@ def test_the_resolved_defaults_are_the_files_defaults(tmp_path: Path) -> None:
     assert config.verify == VerifyConfig()
     assert (config.verify.sample, config.verify.max_drift, config.verify.max_changed_fraction) == (10_000, None, None)
     assert config.serve == ServeConfig()
+    assert config.misses == MissesConfig()
+    assert (config.misses.include, config.serve.record_misses) == (False, False)
     assert config.store == StoreConfig(config.store.url)
     assert config.model == ModelConfig(tmp_path / "model")
     assert (config.serve.batch_target_ms, config.serve.max_key_bytes, config.run.device) == (50.0, 1024, "auto")
@@ -252,3 +263,31 @@ def test_schema_has_no_null_since_toml_has_none() -> None:
     text = json.dumps(document_schema())
     assert '"null"' not in text
     assert '"default": null' not in text
+
+
+def test_misses_are_configured_on_both_sides(tmp_path: Path) -> None:
+    text = GRID.replace("[space]\n", "[space]\ninclude_misses = true\nmisses_min_count = 2\nmisses_max = 50\n")
+    text += '[serve]\nfallback = "on"\nrecord_misses = true\nmisses_flush_seconds = 0.5\nmisses_max_keys = 1000\n'
+    config = load_config(write(tmp_path, text), env={})
+    assert config.misses == MissesConfig(include=True, min_count=2, max_keys=50)
+    serve = config.serve
+    assert (serve.record_misses, serve.misses_flush_seconds, serve.misses_max_keys) == (True, 0.5, 1000)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[model]\npath = "m"\n[space]\ntype = "table"\npath = "u.csv"\nkey_column = "id"\ninclude_misses = true\n',
+            r"\[space\] include_misses: a table space's keys carry no features, so the misses the API records cannot "
+            r"be scored .*Fix: remove include_misses",
+        ),
+        (GRID + "[serve]\nrecord_misses = true\n", r'\[serve\] record_misses: .* Fix: add `fallback = "on"`'),
+        (GRID.replace("[space]\n", "[space]\nmisses_min_count = 0\n"), r"\[space\] misses_min_count: must be positive"),
+        (GRID + "[serve]\nmisses_max_keys = -1\n", r"\[serve\] misses_max_keys: must be positive"),
+    ],
+    ids=["table", "fallback-off", "min-count", "cap"],
+)
+def test_misses_settings_that_cannot_work_name_the_field_and_the_fix(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env={})

@@ -310,3 +310,15 @@ def test_a_browser_renders_every_picture_with_bars_and_fetches_nothing(driver: W
     assert network_requests(driver) == []
     shot = full_page_screenshot(driver, tmp_path / "report.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_that_included_misses_says_how_many() -> None:
+    summary = {
+        **published(),
+        "misses_included": 12,
+        "misses": {"recorded": 40, "included": 12, "below_min_count": 25, "min_count": 3},
+    }
+    text = " ".join(_Page(report.render(summary)).text)
+    assert "misses included" in text
+    assert "12 of 40 recorded (25 below the minimum count)" in text
+    assert "misses included" not in " ".join(_Page(report.render(published())).text)

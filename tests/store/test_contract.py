@@ -305,6 +305,8 @@ def test_a_store_that_cannot_answer_raises_store_unavailable(down_url: str) -> N
         _unavailable(lambda: backend.write("v1", items(3)))
         _unavailable(lambda: backend.swap_alias(None, "v1"))
         _unavailable(lambda: backend.acquire_lock("me", 10))
+        _unavailable(lambda: backend.add_misses({b"k": 1}, cap=10))
+        _unavailable(backend.misses)
         backend.close()
 
     async def reads(reader: Reader) -> None:
@@ -396,3 +398,99 @@ def test_a_lock_whose_renewal_breaks_is_lost_and_says_why(backend: Backend) -> N
             time.sleep(0.02)
     assert lock.lost
     assert "RuntimeError: a bug in the renewal" in lock.why_lost
+
+
+# -- misses: off-grid keys answered online, counted by API processes, read by a run ------------------
+
+
+def _misses(n: int, prefix: str = "m") -> list[bytes]:
+    return [encode_key(f"{prefix}:{i}:ü") for i in range(n)]
+
+
+def test_misses_add_up_and_read_back(backend: Backend) -> None:
+    assert backend.misses() == {}
+    a, b, c = _misses(3)
+    assert backend.add_misses({a: 2, b: 1}, cap=10) == 0
+    assert backend.add_misses({a: 3, c: 1}, cap=10) == 0
+    assert backend.add_misses({}, cap=10) == 0
+    assert backend.misses() == {a: 5, b: 1, c: 1}
+
+
+def test_misses_cap_admits_new_keys_only_while_room_and_most_counted_first(backend: Backend) -> None:
+    a, b, c, d, e = _misses(5)
+    assert backend.add_misses({a: 1, b: 1}, cap=3) == 0
+    # One place left: of the new keys the most counted gets it; known keys are always incremented.
+    assert backend.add_misses({a: 4, c: 2, d: 7, e: 1}, cap=3) == 2
+    assert backend.misses() == {a: 5, b: 1, d: 7}
+    assert backend.add_misses({c: 1}, cap=3) == 1
+    assert backend.add_misses({b: 1}, cap=3) == 0
+    assert backend.add_misses({e: 1}, cap=0) == 1
+    assert backend.misses() == {a: 5, b: 2, d: 7}
+
+
+def test_misses_clear_forgets_keys_and_frees_their_places(backend: Backend) -> None:
+    a, b, c = _misses(3)
+    backend.add_misses({a: 3, b: 1}, cap=2)
+    backend.clear_misses([a, encode_key("never-recorded"), a])
+    assert backend.misses() == {b: 1}
+    assert backend.add_misses({c: 1, a: 1}, cap=2) == 1  # one place free again: a tie, the first key wins
+    assert backend.misses() == {b: 1, a: 1}
+    backend.clear_misses([])
+    backend.clear_misses([a, b])
+    assert backend.misses() == {}
+
+
+def test_misses_are_not_version_data(backend: Backend) -> None:
+    versions = Versions(backend)
+    old = published(versions, items(3))
+    (key,) = _misses(1)
+    backend.add_misses({key: 1}, cap=5)
+    live = published(versions, items(3))
+    assert versions.gc(keep=1) == [old]
+    assert backend.misses() == {key: 1}
+    assert backend.read(live, [key]) == [None]
+    assert sorted(backend.records()) == [live]
+
+
+def test_misses_refuse_bad_counts(backend: Backend) -> None:
+    (key,) = _misses(1)
+    with pytest.raises(ValueError, match="positive integer"):
+        backend.add_misses({key: 0}, cap=5)
+    with pytest.raises(ValueError, match="cap"):
+        backend.add_misses({key: 1}, cap=-1)
+    assert backend.misses() == {}
+
+
+def test_concurrent_miss_counts_add_up_exactly_and_the_cap_holds(store_url: str) -> None:
+    # Four API processes flushing at once, each with its own connection, the same keys and new ones.
+    writers, rounds, cap = 4, 5, 12
+    shared = _misses(6, prefix="shared")
+    backends = [open_backend(store_url) for _ in range(writers)]
+    start = threading.Barrier(writers)
+    refused: list[int] = []
+    errors: list[BaseException] = []
+
+    def flush(b: Backend, w: int) -> None:
+        try:
+            start.wait()
+            for r in range(rounds):
+                own = _misses(3, prefix=f"w{w}r{r}")
+                refused.append(b.add_misses({**{k: 1 for k in shared}, **{k: 1 for k in own}}, cap=cap))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=flush, args=(b, w)) for w, b in enumerate(backends)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors, errors
+        recorded = backends[0].misses()
+    finally:
+        for b in backends:
+            b.close()
+    assert {k: recorded.get(k) for k in shared} == {k: writers * rounds for k in shared}
+    assert len(recorded) == cap
+    own_keys = writers * rounds * 3
+    assert sum(refused) == own_keys - (cap - len(shared))

@@ -58,6 +58,7 @@ __all__ = [
     "VerifyConfig",
     "load_config",
     "read_document",
+    "worker_count",
 ]
 
 STORE_ENV = "PRECOMPUTE_STORE"
@@ -211,6 +212,7 @@ class ServeConfig:
     auth_tokens_env: str = _serve.auth_tokens_env
     auth_tokens: tuple[str, ...] = ()  # from the environment, never from the file
     shutdown_seconds: float = _serve.shutdown_seconds
+    workers: int | None = _auto(_serve.workers)  # None: one per core this process may use (worker_count)
 
     def __repr__(self) -> str:  # the generated one would print the tokens into logs and tracebacks
         fields = ", ".join(
@@ -248,8 +250,16 @@ class ServeConfig:
                 "deadline_default": dict(section.deadline_default) if section.deadline_default else None,
                 "batch_target_ms": section.target_ms,
                 "auth_tokens": tokens,
+                "workers": _auto(section.workers),
             }
         )
+
+
+def worker_count(workers: int | None) -> int:
+    """``[serve] workers`` as a number. ``"auto"`` (None) is the cores this process may use (its CPU affinity,
+    which a cpuset narrows), not the machine's; a CPU quota (a Kubernetes CPU limit) does not show there,
+    which is why the deployment example sets ``--workers`` to its limit."""
+    return workers if workers is not None else len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)

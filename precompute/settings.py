@@ -433,6 +433,12 @@ class ServeSection(_Section):
         "PRECOMPUTE_API_TOKENS", description="The environment variable that holds the accepted tokens, comma-separated."
     )
     shutdown_seconds: PositiveFloat = Field(10.0, description="How long in-flight requests get on SIGTERM.")
+    workers: PositiveInt | Auto = Field(
+        1,
+        description='Worker processes answering on the one port; "auto": one per core this process may use. '
+        "Each worker holds its own caches (and, with the fallback on, its own copy of the model).",
+        examples=[4, "auto"],
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

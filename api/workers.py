@@ -33,10 +33,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -79,6 +81,7 @@ SHOWN_WHEN_SET = frozenset({"precompute_live_version_info"})
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db$")
 
 State = dict[str, Any]
+log = logging.getLogger("precompute.api")
 
 
 def supervise(config: Config, host: str, port: int, workers: int) -> None:
@@ -141,6 +144,7 @@ class Workers:
         self.expected = expected
         self.period = period
         self.pid = os.getpid()
+        self.parent = os.getppid()
         self.header = {"X-Worker": str(self.pid)}  # on /readyz and /metrics: which worker answered
         self._own: Callable[[], State] = lambda: {"ready": False}
         self._published: Published | None = None
@@ -214,6 +218,10 @@ class Workers:
         while True:
             await asyncio.sleep(self.period)
             self.publish()
+            if os.getppid() != self.parent:  # the supervisor is gone (SIGKILL): stop as on SIGTERM, draining
+                log.warning("the supervisor (pid %d) is gone: stopping", self.parent)
+                signal.raise_signal(signal.SIGTERM)
+                return
 
     async def stop(self) -> None:
         """After the app has drained: the last counts copied, and this worker no longer counted as ready."""

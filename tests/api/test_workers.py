@@ -245,6 +245,25 @@ def test_sigterm_drains_the_requests_in_flight_on_every_worker(store: str, tmp_p
         assert not list(tmp_path.glob("precompute-metrics-*"))  # the metrics directory is removed
 
 
+def test_workers_whose_supervisor_was_killed_stop_by_themselves(store: str, tmp_path: Path) -> None:
+    with serving(store, tmp_path) as server:
+        workers = server.workers()
+        server.proc.kill()  # SIGKILL: nothing forwards a signal to the workers
+        server.proc.wait()
+
+        def gone() -> bool:  # exited: no such process, or a zombie its new parent has not reaped yet
+            for pid in workers:
+                try:
+                    if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                        return False
+                except OSError:
+                    continue
+            return True
+
+        assert wait_for(gone, timeout=10), server.log.read_text()[-3000:]
+        assert "the supervisor (pid" in server.log.read_text()
+
+
 def with_workers(tmp_path: Path, value: str) -> Path:
     """The example config with ``[serve] workers = value`` (TOML as written)."""
     text = EXAMPLE_CONFIG.read_text().replace('path = "model"', f'path = "{EXAMPLE_CONFIG.parent}/model"')

@@ -295,6 +295,15 @@ def test_auto_is_the_cores_this_process_may_use(tmp_path: Path) -> None:
     assert worker_count(3) == 3
 
 
+def test_the_workers_flag_overrides_the_file() -> None:
+    from precompute.cli import _parser
+
+    serve = ["serve", "--config", str(EXAMPLE_CONFIG)]
+    assert _parser().parse_args([*serve, "--workers", "3"]).workers == 3
+    assert _parser().parse_args([*serve, "--workers", "auto"]).workers is None  # as [serve] workers = "auto"
+    assert "workers" not in vars(_parser().parse_args(serve))  # absent: [serve] workers decides
+
+
 def test_a_bad_workers_flag_is_a_usage_error(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "precompute.cli", "serve", "--config", str(EXAMPLE_CONFIG), "--workers", "0"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)

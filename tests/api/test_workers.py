@@ -26,7 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from precompute.adapters import open_backend
 from precompute.config import ConfigError, load_config, worker_count
-from precompute.store import Versions
+from precompute.store import StoreURL, Versions
 from precompute.store.codec import encode_key
 from tests.api.conftest import wait_for
 from tests.precompute.conftest import EXAMPLE_CONFIG
@@ -174,8 +174,16 @@ def test_every_scrape_counts_the_lookups_of_every_worker(store: str, tmp_path: P
             if answered_by == server.workers():
                 break
         assert answered_by == server.workers(), "every scrape landed on the same worker"
-        version = [k for k in samples if k.startswith("precompute_live_version_info")]
-        assert len(version) == 1  # one sample, as with one worker
+        (served,) = [k for k in samples if k.startswith("precompute_live_version_info")]  # one, as with one worker
+
+        newer = published(Versions(open_backend(StoreURL.parse(store))), [(encode_key(k), BODY) for k in KEYS])
+
+        def flipped() -> bool:  # every worker serves the new version, and the old one is no longer shown
+            versions = [k for k, v in server.scrape()[1].items() if k.startswith("precompute_live_version_info")]
+            return versions == [f'precompute_live_version_info{{version="{newer}"}}']
+
+        assert wait_for(flipped, timeout=5), served
+        assert server.ready()[1]["model_version"] == newer
 
 
 def test_a_killed_worker_is_replaced_and_no_total_goes_down(store: str, tmp_path: Path) -> None:

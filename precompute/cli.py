@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import signal
@@ -253,11 +254,14 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             f"cannot listen on {host}:{port} ({busy}). Fix: stop what uses it, or pick "
             "another port with --port or [serve] port",
         )
+    workers = worker_count(vars(args).get("workers", config.serve.workers))
     if config.serve.fallback != "off":
         from precompute.model import tensorflow
 
-        tensorflow()  # a ModelError (exit 3) in one line now, not a traceback from the app's start-up
-    workers = worker_count(vars(args).get("workers", config.serve.workers))
+        # A ModelError (exit 3) in one line now, not a traceback from the app's start-up. With several workers
+        # only whether it is installed: imported here, TensorFlow would sit in the supervisor's memory unused.
+        if workers == 1 or importlib.util.find_spec("tensorflow") is None:
+            tensorflow()
     if workers > 1:
         from precompute.api.workers import supervise
 

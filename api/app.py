@@ -50,17 +50,23 @@ from precompute.store import Backend, Reader, StoreURL
 if TYPE_CHECKING:
     from precompute.api.batching import Batcher
     from precompute.api.fallback import Online, OnlineModel, Scored
+    from precompute.api.workers import Workers
     from precompute.api.writeback import WriteBack
 
 
-def create_app(config: Config, reader: Reader | None = None, backend: Backend | None = None) -> Starlette:
+def create_app(
+    config: Config, reader: Reader | None = None, backend: Backend | None = None, workers: Workers | None = None
+) -> Starlette:
     """The app for ``config``. ``reader`` and ``backend`` replace the ones opened from the store URL (tests
-    inject faults through them); the backend is used only to write online answers back."""
+    inject faults through them); the backend is used only to write online answers back. ``workers``: this
+    process is one of several workers (api/workers.py), whose ``/metrics`` and ``/readyz`` answer for all."""
     parts = Components.build(config, reader, backend)
     serve = config.serve
     record = parts.metrics.request if serve.metrics else not_recorded
     predictions = Predictions(parts.lookup, serve.max_body_bytes)
-    operations = Operations(config, parts.live, parts.lookup, parts.metrics, parts.online)
+    operations = Operations(config, parts.live, parts.lookup, parts.metrics, parts.online, workers)
+    if workers is not None:
+        workers.bind(parts.metrics, operations.readiness)
 
     guard: Callable[[Endpoint], Endpoint] = lambda endpoint: endpoint  # noqa: E731
     if serve.auth != "off":  # with auth off the endpoints are not wrapped at all: a hit pays nothing
@@ -79,7 +85,7 @@ def create_app(config: Config, reader: Reader | None = None, backend: Backend | 
     ]
     if serve.metrics:
         routes.append(Route("/metrics", guard(operations.prometheus), methods=["GET"]))
-    app = Starlette(routes=routes, lifespan=Lifespan(parts), exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, lifespan=Lifespan(parts, workers), exception_handlers={HTTPException: http_error})
     app.state.live = parts.live
     app.state.metrics = parts.metrics
     app.state.lookup = parts.lookup
@@ -188,8 +194,9 @@ class Lifespan:
     reverse, the model's queue drained, the write-back queue and the counted misses flushed, the store
     closed."""
 
-    def __init__(self, parts: Components) -> None:
+    def __init__(self, parts: Components, workers: Workers | None = None) -> None:
         self.parts = parts
+        self.workers = workers
         self._summary: asyncio.Task[None] | None = None
 
     @asynccontextmanager
@@ -217,6 +224,8 @@ class Lifespan:
         # backend: p99 35 ms at 16 connections; 1.9 ms frozen, docs/serving.md).
         gc.collect()
         gc.freeze()
+        if self.workers is not None:
+            await self.workers.start()  # counted as ready from now on
 
     async def stop(self) -> None:
         """Safe after a start that failed half-way (a model that does not load)."""
@@ -237,3 +246,5 @@ class Lifespan:
         await parts.reader.aclose()
         if parts.backend is not None:
             parts.backend.close()
+        if self.workers is not None:
+            await self.workers.stop()  # after the drains: their counts are in the last copy

@@ -28,6 +28,7 @@ from precompute.config import Config
 
 if TYPE_CHECKING:
     from precompute.api.fallback import OnlineModel
+    from precompute.api.workers import Workers
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Answer = Callable[[Request, float], Awaitable[tuple[bytes, str]]]
@@ -80,19 +81,32 @@ class Operations:
     """``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json``."""
 
     def __init__(
-        self, config: Config, live: LiveVersion, lookup: Lookup, metrics: Metrics, online: OnlineModel | None
+        self,
+        config: Config,
+        live: LiveVersion,
+        lookup: Lookup,
+        metrics: Metrics,
+        online: OnlineModel | None,
+        workers: Workers | None = None,
     ) -> None:
         self.store = config.store_url.redacted()
         self.live = live
         self.lookup = lookup
         self.metrics = metrics
         self.online = online
+        self.workers = workers
+        self.worker_header = workers.header if workers is not None else None  # X-Worker: which one answered
         self.openapi_body = json.dumps(describe(config)).encode()
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
+        state = self.readiness() if self.workers is None else self.workers.state()
+        return JSONResponse(state, status_code=200 if state["ready"] else 503, headers=self.worker_header)
+
+    def readiness(self) -> dict[str, Any]:
+        """This process's readiness, as ``/readyz`` answers it with one worker."""
         live = self.live
         online_ready = self.online is not None and self.online.model is not None
         # Degraded: the store cannot answer (or nothing is published) and the model does. A version refused
@@ -112,10 +126,10 @@ class Operations:
             state["error"] = "nothing is published yet: run `precompute run`"
         if degraded:
             state["degraded"] = "the store cannot answer; the online model does"
-        return JSONResponse(state, status_code=200 if state["ready"] else 503)
+        return state
 
     async def prometheus(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE, headers=self.worker_header)
 
     async def openapi(self, request: Request) -> Response:
         return Response(self.openapi_body, media_type="application/json")

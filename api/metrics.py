@@ -20,11 +20,11 @@ sorted, and integer histogram bounds as ``prometheus_client`` writes them (``le=
 form Prometheus 3 normalises ``le`` to anyway). ``*_created`` series are left out: the 0.0.4 text format has
 no place for them, and they would double the number of counter series.
 
-Several worker processes (the next step) fit this layout: with ``PROMETHEUS_MULTIPROC_DIR`` set before
-``prometheus_client`` is imported, the Counters and Histograms keep their values in per-process files, and
-``/metrics`` renders a registry holding a ``multiprocess.MultiProcessCollector`` instead of this one. The
-scrape-time families are per process: each worker would copy them into Gauges (with a ``multiprocess_mode``
-such as ``livesum``) on a timer, which :func:`gauge`/:func:`counter` callers do not need to know about.
+Several worker processes (``[serve] workers``, api/workers.py) keep this layout: with
+``PROMETHEUS_MULTIPROC_DIR`` set before ``prometheus_client`` is imported, the Counters and Histograms keep
+their values in per-process files, and :attr:`Metrics.exposed` renders all the workers' files instead of
+this registry. The scrape-time families are per process: each worker copies them into multiprocess
+Counters and Gauges on a timer, which :func:`gauge`/:func:`counter` callers do not need to know about.
 
 Measured (bench/serving.py ``--only metrics --against DIR``, in CPU time on a shared, busy 2-core VM;
 docs/serving.md has the tables): what a store hit pays for its metrics, one counter and two histogram
@@ -44,6 +44,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Request and store latencies are sub-millisecond on a hit and up to the deadline on a fallback.
 LATENCY_BUCKETS = (
@@ -186,7 +187,8 @@ class Metrics:
         self._misses = {
             outcome: self.misses.labels(outcome) for outcome in ("counted", "dropped", "flushed", "refused")
         }
-        self._exposed = _Exposed(registry)
+        # What render() writes out; with several workers, api/workers.py puts all of theirs here.
+        self.exposed: Collector = _Exposed(registry)
 
     # -- counting (the first one on every request) ----------------------------------------------------
 
@@ -223,7 +225,7 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition (:data:`CONTENT_TYPE`)."""
-        return generate_latest(self._exposed)
+        return generate_latest(self.exposed)
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's value as ``/metrics`` shows it (0 when it has none yet)."""

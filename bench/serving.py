@@ -3,7 +3,8 @@
 a ratio; each is the median of --runs runs.
 
     python bench/serving.py [--config examples/babyweight/precompute.toml] [--store URL] [--runs 3]
-                            [--seconds 5] [--only storm,concurrent,cache,batch,metrics,policy] [--against DIR]
+                            [--seconds 5] [--only storm,concurrent,cache,batch,metrics,policy,workers]
+                            [--against DIR]
 
 Needs `wrk` (Debian package `wrk`) and a published version in the store (`precompute run` first). With
 `redis-server` on the PATH, the cache figures are also taken on Redis (the live version is copied into a
@@ -30,6 +31,10 @@ Sections:
               and what a hit pays for its metrics alone: this revision's Metrics against the hand-written
               counters it replaced. Alternating, median of --runs (at least 7).
   metrics-in-process   the in-process half of `metrics` alone (no wrk needed).
+  workers     hit throughput of `precompute serve --workers N` against bare Starlette under uvicorn with the
+              same N (bench/bare_app.py), for N = 1, 2 and the machine's cores, all servers up at once and
+              taking turns; 16 and 64 connections; per round the ratio to bare Starlette with the same N
+              and to the same server with one worker; medians over --runs rounds, with their range.
   policy      in-process, no HTTP: the batcher on a synthetic model whose per-row cost quadruples
               half-way, 200 closed-loop clients, target 20 ms: AIMD, latency fit, fixed 256; and
               max_wait 0 vs 2 ms for a single client.
@@ -190,6 +195,110 @@ def key_script(directory: Path, name: str, keys: Sequence[str]) -> Path:
     script = directory / f"{name}.lua"
     script.write_text(WRK_SCRIPT % keys_file)
     return script
+
+
+@contextmanager
+def workers_server(config_path: Path, store: str, workers: int) -> Iterator[int]:
+    """`precompute serve --workers N` (this checkout)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "precompute.cli", "serve", "--config", str(config_path), "--port", str(port)]
+    env = {**os.environ, "PRECOMPUTE_STORE": store, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [*cmd, "--workers", str(workers), "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    PIDS[port] = proc.pid
+    try:
+        wait_ready(port, proc)  # 200 once every worker is ready
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def bare_server(keys_file: Path, workers: int) -> Iterator[int]:
+    """bench/bare_app.py: bare Starlette answering the same bodies from a dict, under uvicorn's workers."""
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "bench/bare_app.py"), str(keys_file), str(port), str(workers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    PIDS[port] = proc.pid
+    try:
+        wait_for_port(port, proc)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 60
+        while True:  # every worker up: uvicorn's workers accept on the one socket as soon as each has started
+            try:
+                get(port, "/predict/" + keys_file.read_text().split("\n", 1)[0])
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        time.sleep(2.0 if workers > 1 else 0.0)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live children (a supervisor and its workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return cpu_seconds(pid) + sum(tree_cpu_seconds(int(child)) for child in children)
+
+
+def workers(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path) -> None:
+    import numpy as np
+
+    ids = np.random.default_rng(2).choice(space.size, min(2000, space.size), replace=False)
+    keys = [space.key_for_id(int(i)) for i in ids]
+    script = key_script(tmp, "workers", keys)
+    keys_file = tmp / "workers.txt"
+    counts = sorted({1, 2, os.cpu_count() or 1})
+    connections = (16, 64)
+    path = write_config(args.config, tmp, {})  # the defaults: hot cache on, metrics on
+
+    def measure(name: str, port: int, c: int) -> dict[str, float]:
+        before = tree_cpu_seconds(PIDS[port])
+        result = wrk(port, script, c, args.seconds)
+        result["cpu_us"] = (tree_cpu_seconds(PIDS[port]) - before) / result["requests"] * 1e6
+        return result
+
+    print(
+        f"\n== --workers N against bare Starlette with N uvicorn workers (hits, hot cache on), {args.runs} x "
+        f"{args.seconds}s, {os.cpu_count()} cores (wrk, 1 thread, on the same cores)"
+    )
+    with ExitStack() as stack:
+        ports: dict[str, int] = {}
+        for n in counts:
+            ports[f"precompute {n}"] = stack.enter_context(workers_server(path, args.store, n))
+            ports[f"bare {n}"] = stack.enter_context(bare_server(keys_file, n))
+        results = interleaved(ports, connections, args.runs, measure)
+
+    def spread(name: str, base: str, c: int, field: str = "rps") -> str:
+        pairs = zip(results[(name, c)], results[(base, c)], strict=True)
+        ratios = sorted(a[field] / b[field] for a, b in pairs if b[field])
+        return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+    print(
+        f"{'server':<14} {'conns':>5} {'req/s':>8} {'(range)':>17} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+        f"{'vs bare, same N':>21} {'vs 1 worker':>21}"
+    )
+    for c in connections:
+        for n in counts:
+            for kind in ("precompute", "bare"):
+                name = f"{kind} {n}"
+                runs = results[(name, c)]
+                rps = sorted(r["rps"] for r in runs)
+                row = {f: median(runs, f) for f in ("rps", "p50", "p99", "cpu_us")}
+                vs_bare = spread(name, f"bare {n}", c) if kind == "precompute" else ""
+                vs_one = spread(name, f"{kind} 1", c) if n != 1 else ""
+                print(
+                    f"{name:<14} {c:>5} {row['rps']:>8,.0f} {f'({rps[0]:,.0f}-{rps[-1]:,.0f})':>17} "
+                    f"{row['p50']:>7.3f} {row['p99']:>7.3f} {row['cpu_us']:>10.1f} {vs_bare:>21} {vs_one:>21}"
+                )
 
 
 @contextmanager
@@ -907,6 +1016,8 @@ def main() -> None:
             metrics_in_process(args, tmp)
         if "policy" in sections:
             policy(args)
+        if "workers" in sections:
+            workers(args, config, space, tmp)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import signal
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from precompute import drift
 from precompute.cluster import ClusterUnavailable
-from precompute.config import Config, ConfigError, load_config
+from precompute.config import Config, ConfigError, load_config, worker_count
 from precompute.drift import DEFAULT_SAMPLE, DriftError
 from precompute.model import ModelError
 from precompute.settings import document_schema
@@ -159,6 +160,12 @@ def _parser() -> argparse.ArgumentParser:
     p = command("serve", _serve, "serve lookups over HTTP")
     p.add_argument("--host", help="bind address (default: [serve] host)")
     p.add_argument("--port", type=int, help="port (default: [serve] port)")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=argparse.SUPPRESS,  # absent unless given: "auto" is None too
+        help='worker processes on the port, or "auto" (one per core this process may use; default: [serve] workers)',
+    )
     p = command("versions", _versions, "list the store's versions")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command("diff", _diff, "compare a sample of keys of two versions, output by output")
@@ -189,6 +196,15 @@ def _parser() -> argparse.ArgumentParser:
     about = "print the JSON Schema of the configuration file, for editors (no --config needed)"
     sub.add_parser("schema", help=about, description=about)
     return parser
+
+
+def _workers(value: str) -> int | None:
+    """``--workers``: a positive number, or "auto" (None, as ``[serve] workers = "auto"`` reads)."""
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f'{value!r} is neither a positive number nor "auto". Fix: --workers 2')
+    return int(value)
 
 
 def _schema() -> int:
@@ -244,10 +260,19 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             f"cannot listen on {host}:{port} ({busy}). Fix: stop what uses it, or pick "
             "another port with --port or [serve] port",
         )
+    workers = worker_count(vars(args).get("workers", config.serve.workers))
     if config.serve.fallback != "off":
         from precompute.model import tensorflow
 
-        tensorflow()  # a ModelError (exit 3) in one line now, not a traceback from the app's start-up
+        # A ModelError (exit 3) in one line now, not a traceback from the app's start-up. With several workers
+        # only whether it is installed: imported here, TensorFlow would sit in the supervisor's memory unused.
+        if workers == 1 or importlib.util.find_spec("tensorflow") is None:
+            tensorflow()
+    if workers > 1:
+        from precompute.api.workers import supervise
+
+        supervise(config, host, port, workers)  # SIGTERM drains every worker, then returns: a normal stop
+        return Exit.OK
     from precompute.api.server import serve
 
     with contextlib.suppress(Terminated):  # uvicorn has finished the requests in flight: a normal stop

@@ -59,6 +59,7 @@ __all__ = [
     "VerifyConfig",
     "load_config",
     "read_document",
+    "worker_count",
 ]
 
 STORE_ENV = "PRECOMPUTE_STORE"
@@ -233,6 +234,7 @@ class ServeConfig:
     record_misses: bool = _serve.record_misses
     misses_flush_seconds: float = _serve.misses_flush_seconds
     misses_max_keys: int = _serve.misses_max_keys
+    workers: int | None = _auto(_serve.workers)  # None: one per core this process may use (worker_count)
 
     def __repr__(self) -> str:  # the generated one would print the tokens into logs and tracebacks
         fields = ", ".join(
@@ -270,8 +272,16 @@ class ServeConfig:
                 "deadline_default": dict(section.deadline_default) if section.deadline_default else None,
                 "batch_target_ms": section.target_ms,
                 "auth_tokens": tokens,
+                "workers": _auto(section.workers),
             }
         )
+
+
+def worker_count(workers: int | None) -> int:
+    """``[serve] workers`` as a number. ``"auto"`` (None) is the cores this process may use (its CPU affinity,
+    which a cpuset narrows), not the machine's; a CPU quota (a Kubernetes CPU limit) does not show there,
+    which is why the deployment example sets ``--workers`` to its limit."""
+    return workers if workers is not None else len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)

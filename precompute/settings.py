@@ -472,6 +472,12 @@ class ServeSection(_Section):
         description="The most distinct misses the store keeps; a new key beyond them is refused (and counted in "
         'precompute_misses_total{outcome="refused"}).',
     )
+    workers: PositiveInt | Auto = Field(
+        1,
+        description='Worker processes answering on the one port; "auto": one per core this process may use. '
+        "Each worker holds its own caches (and, with the fallback on, its own copy of the model).",
+        examples=[4, "auto"],
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

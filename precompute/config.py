@@ -36,6 +36,7 @@ from precompute.settings import (
     GridSpaceSection,
     LogFormat,
     ModelSection,
+    RefreshSection,
     RunSection,
     ServeSection,
     StoreSection,
@@ -52,6 +53,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ModelConfig",
+    "RefreshConfig",
     "RunConfig",
     "ServeConfig",
     "StoreConfig",
@@ -80,6 +82,7 @@ _store = StoreSection()
 _run = RunSection()
 _serve = ServeSection()
 _verify = VerifySection()
+_refresh = RefreshSection()
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,22 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class RefreshConfig:
+    """``[refresh]``, resolved: an empty consumer name is ``<hostname>-<pid>``."""
+
+    batch_max_size: int = _refresh.batch_max_size
+    window_ms: float = _refresh.window_ms
+    block_ms: int = _refresh.block_ms
+    backlog_max: int = _refresh.backlog_max
+    consumer: str = _refresh.consumer
+    record_seconds: float = _refresh.record_seconds
+
+    @classmethod
+    def of(cls, section: RefreshSection) -> RefreshConfig:
+        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, resolved. ``source`` is the file it was read from."""
 
@@ -263,6 +282,7 @@ class Config:
     run: RunConfig
     serve: ServeConfig
     verify: VerifyConfig = VerifyConfig()
+    refresh: RefreshConfig = RefreshConfig()
 
     @property
     def store_url(self) -> StoreURL:
@@ -302,6 +322,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         run=RunConfig.of(document.run, env),
         serve=ServeConfig.of(document.serve, env),
         verify=VerifyConfig.of(document.verify),
+        refresh=RefreshConfig.of(document.refresh),
     )
 
 

@@ -317,6 +317,10 @@ def _score_verify_publish(
         expected = _expected_rows(config, table)
     with stages.stage("verify", f"checking {written:,} written rows"):
         summary.verification = _verify(config, job.model, table, backend, record.version, written, expected)
+    # Verified as loaded: from now on a concurrent `precompute refresh` writes into this version too (its
+    # answers would otherwise be overwritten by this run's rows, and would move the counts just checked).
+    record.meta["loaded_at"] = time.time()
+    backend.put_record(record.version, record.to_bytes())
     live = versions.live()
     summary.previous = live
     with stages.stage("drift", f"comparing a sample of {record.version} with the live version {live or '(none)'}"):

@@ -45,8 +45,10 @@ from precompute.values import encode_values
 
 log = logging.getLogger("precompute")
 
-#: How often the version records are re-read to find runs in progress and their loaded_at.
+#: How often the version records are re-read to find runs in progress; and while a run is loading, to see
+#: its loaded_at soon (a run may publish well under a second after it).
 CHECK_SECONDS = 1.0
+LOADING_CHECK_SECONDS = 0.1
 #: A run that has not loaded after this long is asked whether it is alive (the run lock), then every as often.
 STALE_SECONDS = 10.0
 #: How long answers written into the live version are kept, for a run found after it began writing.
@@ -312,7 +314,8 @@ class Targets:
     def check(self, force: bool = False) -> None:
         """Re-read the alias and the records (at most every CHECK_SECONDS unless forced)."""
         now = time.monotonic()
-        if not force and now - self.checked_at < CHECK_SECONDS:
+        loading = any(not b.loaded and b.ignored is None for b in self.building.values())
+        if not force and now - self.checked_at < (LOADING_CHECK_SECONDS if loading else CHECK_SECONDS):
             return
         self.checked_at = now
         records = {r.version: r for r in self.versions.records()}

@@ -568,6 +568,7 @@ def refresh(
     model = Model(local, config.model.signature, config.model.outputs)
     schema = Schema(space, model.signature)
     scorer = Scorer(model, schema)
+    _warm_up(scorer, space)
     backend = open_backend(config.store_url)
     source: Source | None = None
     started = time.monotonic()
@@ -606,6 +607,25 @@ def refresh(
         if source is not None:
             source.close()
         backend.close()
+
+
+def _warm_up(scorer: Scorer, space: TableSpace) -> None:
+    """Score the table's first row once: TensorFlow's first call costs seconds (graph set-up), which would
+    otherwise land on the first records of a stream. Skipped for a table that is not a local file."""
+    from pathlib import Path
+
+    first = Path(space.paths[0])
+    if not first.is_file():
+        return
+    try:
+        import pyarrow.dataset as pads
+
+        rows = pads.dataset(first, format=space.format).head(1).to_pylist()
+        checked = scorer.schema.check(Entry("warm-up", 0, rows[0])) if rows else "empty"
+        if not isinstance(checked, str):
+            scorer.score([checked])
+    except Exception as exc:  # only a warm-up: the first batch pays for it instead
+        log.debug("[refresh] no warm-up: %s", exc)
 
 
 def _consumer_name() -> str:

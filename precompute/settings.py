@@ -469,7 +469,7 @@ class RefreshSection(_Section):
 
     batch_max_size: PositiveInt = Field(1_024, description="The most records scored in one model call.")
     window_ms: NonNegativeFloat = Field(
-        50.0,
+        20.0,
         description="How long a batch waits to fill once its first record arrived; 0: a batch is what is there.",
     )
     block_ms: PositiveInt = Field(

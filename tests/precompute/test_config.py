@@ -218,7 +218,7 @@ def test_the_resolved_defaults_are_the_files_defaults(tmp_path: Path) -> None:
     assert (config.verify.sample, config.verify.max_drift, config.verify.max_changed_fraction) == (10_000, None, None)
     assert config.serve == ServeConfig()
     assert config.refresh == RefreshConfig()
-    assert (config.refresh.batch_max_size, config.refresh.window_ms, config.refresh.consumer) == (1024, 50.0, "")
+    assert (config.refresh.batch_max_size, config.refresh.window_ms, config.refresh.consumer) == (1024, 20.0, "")
     assert config.store == StoreConfig(config.store.url)
     assert config.model == ModelConfig(tmp_path / "model")
     assert (config.serve.batch_target_ms, config.serve.max_key_bytes, config.run.device) == (50.0, 1024, "auto")

@@ -270,6 +270,7 @@ class RedisStream:
     shown: str = ""  # the URL without its password, for logs
     exhausted: bool = False
     _backlog_done: bool = False  # this consumer's pending entries have been read again
+    _pending_after: str = "0"  # the last pending entry read again (the next read starts after it)
 
     @property
     def name(self) -> str:
@@ -314,8 +315,9 @@ class RedisStream:
 
     def read(self, count: int, timeout_s: float) -> list[Entry]:
         if not self._backlog_done:  # this consumer's entries left unacknowledged by a crash, first
-            found = self._read("0", count, None)
+            found = self._read(self._pending_after, count, None)
             if found:
+                self._pending_after = str(found[-1].offset)
                 return found
             self._backlog_done = True
         block = max(1, int(timeout_s * 1000)) if timeout_s > 0 else None

@@ -268,6 +268,24 @@ def test_an_entry_is_acknowledged_only_after_its_answer_is_written(tmp_path: Pat
     assert all(v is not None for v in stored(config, live, [f"k-{i}" for i in range(5)]))
 
 
+def test_pending_entries_are_read_again_once_each(redis_server: RedisProcess) -> None:
+    from precompute.sources import RedisStream
+
+    r = client(redis_server)
+    stream = f"s-{time.monotonic_ns()}"
+    ids = [r.xadd(stream, {"n": str(i)}).decode() for i in range(5)]
+    url = stream_url(redis_server, stream, consumer="c")
+    first = RedisStream.from_url(url)
+    assert [e.offset for e in first.read(10, 0)] == ids  # delivered, never acknowledged
+    again = RedisStream.from_url(url)  # the same consumer after a crash
+    seen = [e.offset for e in again.read(2, 0)] + [e.offset for e in again.read(2, 0)]
+    seen += [e.offset for e in again.read(2, 0)]  # nothing acknowledged meanwhile: still each entry once
+    assert seen == ids
+    assert again.read(2, 0) == []  # then new entries only: none yet
+    r.xadd(stream, {"n": "5"})
+    assert [e.fields for e in again.read(2, 0)] == [{"n": "5"}]
+
+
 def test_a_new_group_starts_after_the_recorded_watermark(tmp_path: Path, redis_server: RedisProcess) -> None:
     config = table_config(tmp_path)
     publish_live(config, ["p-1"])

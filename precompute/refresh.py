@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from precompute.adapters import open_backend
 from precompute.config import Config, ConfigError
-from precompute.model import Model, ModelError, Signature, fingerprint
+from precompute.model import Model, ModelError, Signature, error_reason, fingerprint
 from precompute.scoring import table_columns
 from precompute.sources import Entry, Source, is_stream, open_source, source_name
 from precompute.space import TableSpace
@@ -55,6 +55,8 @@ STALE_SECONDS = 10.0
 JOURNAL_SECONDS = 10.0
 #: Bad records kept, with their positions, for the report (all of them are counted).
 KEPT_BAD = 100
+#: Lags kept for the summary's quantiles.
+LAGS_KEPT = 100_000
 #: How often a progress line is printed.
 PROGRESS_SECONDS = 5.0
 
@@ -85,7 +87,8 @@ class RefreshSummary:
     watermark: int | str | None = None
     resumed_from: int | str | None = None
     seconds: float = 0.0
-    lags: list[float] = field(default_factory=list)  # seconds from a stream entry's arrival to its answer written
+    # Seconds from a stream entry's arrival to its answer written, the last LAGS_KEPT (a --follow runs for days).
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=LAGS_KEPT))
 
     def lag(self, q: float) -> float | None:
         return float(np.quantile(self.lags, q)) if self.lags else None
@@ -222,10 +225,8 @@ class Scorer:
                 items += self._score([row])
                 reasons.append("")
             except Exception as exc:
-                from precompute.run import _model_reason
-
                 items.append(None)
-                reasons.append(f"the model cannot score it: {_model_reason(exc)}")
+                reasons.append(f"the model cannot score it: {error_reason(exc)}")
         return items, reasons
 
     def _score(self, rows: Sequence[tuple[str, dict[str, Any]]]) -> list[tuple[bytes, bytes] | None]:
@@ -732,7 +733,7 @@ class _Loop:
         written_at = time.time()
         summary.written += len(items)
         lags = [written_at - e.arrived for e in entries if e.arrived is not None]
-        summary.lags += lags
+        summary.lags.extend(lags)
         if self.metrics is not None:
             self.metrics.batch(len(items), lags)
         self.unacked.append(batch)

@@ -41,6 +41,7 @@ from precompute.adapters import backend_class, open_backend
 from precompute.cluster import Node
 from precompute.config import Config, ConfigError
 from precompute.model import Model, ModelError, fingerprint, grid_inputs, is_uri
+from precompute.model import error_reason as _model_reason
 from precompute.plan import IO_TASK_CPUS, ActorPlan, plan_actors
 from precompute.scoring import GridScorer, TableScorer, grid_keys, table_columns
 from precompute.shipping import ModelSource
@@ -456,17 +457,6 @@ def _cause(exc: BaseException) -> BaseException:
             return seen
         seen = seen.__cause__ or getattr(seen, "cause", None)
     return exc
-
-
-def _model_reason(exc: BaseException) -> str:
-    """The one line of a TensorFlow error that says what was wrong (not its graph and stack noise)."""
-    text = str(getattr(exc, "message", None) or exc)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("assertion failed:"):
-            return line.removeprefix("assertion failed:").strip(" []").replace('\\"', '"')[:300]
-    useful = [ln for ln in lines if not ln.startswith(("[[", "Detected at", "<stack", "Graph execution error"))]
-    return (useful[-1] if useful else type(exc).__name__)[:300]
 
 
 def _ray_and_plan(config: Config, verbose: bool) -> tuple[bool, ActorPlan]:

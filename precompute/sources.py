@@ -20,6 +20,7 @@ A stream entry's fields are text: a numeric input is parsed from it. A file's va
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -304,11 +305,20 @@ class RedisStream:
         import redis
 
         try:
-            self.client.xgroup_create(self.stream, self.group, id=start or "0", mkstream=True)
+            with self._unavailable():
+                self.client.xgroup_create(self.stream, self.group, id=start or "0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        except redis.ConnectionError as exc:
+
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """The stream's Redis not answering is StoreUnavailable (exit 5, retry later), as for the store."""
+        import redis
+
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             from precompute.store import StoreUnavailable
 
             raise StoreUnavailable(f"the stream's Redis at {self.shown} does not answer: {exc}") from None
@@ -324,7 +334,8 @@ class RedisStream:
         return self._read(">", count, block)
 
     def _read(self, cursor: str, count: int, block: int | None) -> list[Entry]:
-        answer = self.client.xreadgroup(self.group, self.consumer, {self.stream: cursor}, count=count, block=block)
+        with self._unavailable():
+            answer = self.client.xreadgroup(self.group, self.consumer, {self.stream: cursor}, count=count, block=block)
         entries: list[Entry] = []
         for _stream, items in answer or []:
             for raw_id, raw in items:
@@ -339,18 +350,21 @@ class RedisStream:
 
     def ack(self, entries: Sequence[Entry]) -> None:
         ids = [str(entry.offset) for entry in entries]
-        for start in range(0, len(ids), 10_000):
-            self.client.xack(self.stream, self.group, *ids[start : start + 10_000])
+        with self._unavailable():
+            for start in range(0, len(ids), 10_000):
+                self.client.xack(self.stream, self.group, *ids[start : start + 10_000])
 
     def dead_letter(self, entry: Entry, reason: str) -> None:
         fields = {"id": str(entry.offset), "reason": reason, "fields": json.dumps(entry.fields, default=str)}
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(self.dead, fields)
         pipe.xack(self.stream, self.group, str(entry.offset))
-        pipe.execute()
+        with self._unavailable():
+            pipe.execute()
 
     def pending(self) -> int | None:
-        info = self.client.xpending(self.stream, self.group)
+        with self._unavailable():
+            info = self.client.xpending(self.stream, self.group)
         return int(info["pending"])
 
     def close(self) -> None:

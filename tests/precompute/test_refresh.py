@@ -197,6 +197,17 @@ def test_a_bad_source_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFix
         assert message in capsys.readouterr().err
 
 
+def test_a_stream_nobody_answers_is_exit_5(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.servers import refusing_port
+
+    config = table_config(tmp_path)
+    publish_live(config, ["p-1"])
+    with refusing_port() as port:
+        source = f"redis://127.0.0.1:{port}/0?stream=s&group=g"
+        assert main(["refresh", "--config", str(tmp_path / "precompute.toml"), "--from", source]) == 5
+    assert f"the stream's Redis at redis://127.0.0.1:{port}/0 does not answer" in capsys.readouterr().err
+
+
 # -- Redis Streams ---------------------------------------------------------------------------------------
 
 

@@ -160,11 +160,12 @@ class Schema:
             return f"the key column {self.key!r} holds {type(key).__name__} {key!r}, not a string"
         if not key or len(key.encode()) > MAX_KEY_BYTES or not control_free(key):
             return f"the key {key[:80]!r} is empty, over {MAX_KEY_BYTES} bytes or holds control characters"
+        missing = sorted(column for column in self.columns.values() if fields.get(column) is None)
+        if missing:
+            return f"missing the column {missing[0]!r}" if len(missing) == 1 else f"missing the columns {missing}"
         features: dict[str, Any] = {}
         for name, column in self.columns.items():
-            value = fields.get(column)
-            if value is None:
-                return f"missing the column {column!r}" + (f" (model input {name!r})" if column != name else "")
+            value = fields[column]
             converted = self._convert(value, self.dtypes[name], entry.text)
             if isinstance(converted, _Wrong):
                 return f"column {column!r}: {converted.why}"

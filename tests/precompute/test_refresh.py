@@ -348,7 +348,10 @@ def test_follow_stops_on_sigterm_after_the_batch_in_hand_and_serves_metrics(
     assert proc.returncode == 0, err
     summary = json.loads(out)
     assert summary["bad"] == 1
-    assert summary["bad_records"][0]["reason"].startswith("missing the column 'sex'")
+    assert (
+        summary["bad_records"][0]["reason"]
+        == "missing the columns ['gestation_weeks', 'mother_age', 'plurality', 'sex']"
+    )
     done = summary["written"] - 1  # the g-* entries written before it stopped, all acknowledged
     assert r.xpending(stream, "refresh")["pending"] == 0
     assert sum(v is not None for v in stored(config, live, [f"g-{i}" for i in range(50)])) == done
@@ -474,3 +477,29 @@ def test_a_table_versions_cache_entries_expire_from_the_start_of_their_read() ->
     negative.contains("v", "k")
     negative.add("v", "k", read_at=time.perf_counter() - 0.25)
     assert not negative.contains("v", "k")
+
+
+def test_a_dead_runs_version_and_another_models_version_get_no_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import precompute.refresh
+
+    monkeypatch.setattr(precompute.refresh, "STALE_SECONDS", 0.3)  # a run still loading after this is asked
+    config = table_config(tmp_path)
+    live = publish_live(config, ["p-1"])
+    backend = open_backend(config.store_url)
+    versions = Versions(backend)
+    dead = versions.begin({"model": fingerprint(config.model.path)})  # 'writing', and nobody holds the run lock
+    other = versions.begin({"model": "sha256:another"})
+    (tmp_path / "changes.jsonl").write_text(json.dumps(changed("p-1")) + "\n")
+
+    started = time.monotonic()
+    summary = refresh(config, str(tmp_path / "changes.jsonl"))
+
+    assert time.monotonic() - started < 10
+    assert summary.written == 1
+    assert set(summary.into) == {live}
+    assert backend.read(dead.version, [b"p-1"]) == [None]
+    assert backend.read(other.version, [b"p-1"]) == [None]
+    assert backend.acquire_lock("a-run", 5.0) is None  # the probe released the lock it took
+    backend.close()

@@ -9,7 +9,9 @@ Stages, each timed in the run summary::
              the model put in Ray's object store (see precompute.shipping: code and model travel through Ray)
     lock     the store's run lock taken; versions left by dead runs cleaned up
     score    Ray Data: grid ids (or table rows) -> actor pool (model loaded once per actor) -> Datasink
-    verify   rows written == space size, store count where cheap, golden rows read back and compared
+    verify   rows written == space size, store count where cheap, golden rows read back and compared;
+             then the record's loaded_at is set: a concurrent `precompute refresh` writes into the version
+             from then on (precompute.refresh)
     drift    a sample of keys read from the new and the live version and compared (precompute.drift); over
              a [verify] limit the version is kept as 'refused' and nothing is published (unless forced)
     publish  one compare-and-swap of the live alias

@@ -195,6 +195,10 @@ def test_a_bad_source_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFix
         code = main(["refresh", "--config", str(tmp_path / "precompute.toml"), "--from", source])
         assert code == 2, source
         assert message in capsys.readouterr().err
+    (tmp_path / "changes.jsonl").write_text("{}\n")
+    follow = ["--from", str(tmp_path / "changes.jsonl"), "--follow"]
+    assert main(["refresh", "--config", str(tmp_path / "precompute.toml"), *follow]) == 2
+    assert "--follow reads a Redis Stream until stopped; a file or - is read to its end" in capsys.readouterr().err
 
 
 def test_a_stream_nobody_answers_is_exit_5(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,7 +38,7 @@ from precompute.model import Model, ModelError, Signature, error_reason, fingerp
 from precompute.scoring import table_columns
 from precompute.sources import Entry, Source, is_stream, open_source, source_name
 from precompute.space import TableSpace
-from precompute.store import Backend, State, VersionError, VersionRecord, Versions
+from precompute.store import Backend, State, StoreError, VersionError, VersionRecord, Versions
 from precompute.store.codec import MAX_KEY_BYTES, control_free
 from precompute.store.versions import lock_owner
 from precompute.values import encode_values
@@ -371,7 +371,8 @@ class Targets:
         building.loaded = True
         if building.ignored is None and building.items:
             items = list(building.items.items())
-            self.backend.write(building.version, items)
+            if not self._write_building(building, items):
+                return
             self.into[building.version] = self.into.get(building.version, 0) + len(items)
             log.info("[refresh] %d backlogged answer(s) written into %s", len(items), building.version)
         building.items.clear()
@@ -402,13 +403,30 @@ class Targets:
             if building.ignored is not None:
                 continue
             if building.loaded:
-                if items:
-                    self.backend.write(building.version, items)
+                if items and self._write_building(building, items):
                     self.into[building.version] = self.into.get(building.version, 0) + len(items)
             else:
                 building.items.update(items)
                 building.batches.append(batch)
                 batch.waiting.add(building.version)
+
+    def _write_building(self, building: _Building, items: list[tuple[bytes, bytes]]) -> bool:
+        """Write into a run's version; False (and it is let go) when the run dropped it meanwhile (it failed:
+        its rows are gone), which the store reports as an error on the missing namespace."""
+        try:
+            self.backend.write(building.version, items)
+            return True
+        except StoreError:
+            record = self.backend.records().get(building.version)
+            if record is not None and VersionRecord.from_bytes(record).state in (State.WRITING, State.READY):
+                raise  # the version is still there: a real store failure
+            building.ignored = "its run failed and dropped it"
+            building.items.clear()
+            self._release(building)
+            log.warning(
+                "[refresh] version %s was dropped by its run (it failed); no more answers go there", building.version
+            )
+            return False
 
     def full(self) -> bool:
         return self.backlog >= self.backlog_max

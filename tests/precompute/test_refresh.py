@@ -507,3 +507,24 @@ def test_a_dead_runs_version_and_another_models_version_get_no_answers(
     assert backend.read(other.version, [b"p-1"]) == [None]
     assert backend.acquire_lock("a-run", 5.0) is None  # the probe released the lock it took
     backend.close()
+
+
+def test_a_run_that_fails_and_drops_its_version_under_the_refresh_does_not_stop_it(tmp_path: Path) -> None:
+    from precompute.refresh import Targets, _Batch
+
+    config = table_config(tmp_path)
+    live = publish_live(config, ["p-1"])
+    backend = open_backend(config.store_url)
+    versions = Versions(backend)
+    record = versions.begin({"model": fingerprint(config.model.path)})
+    record.meta["loaded_at"] = time.time()
+    backend.put_record(record.version, record.to_bytes())
+    targets = Targets(backend, fingerprint(config.model.path), "c", backlog_max=10, record_seconds=1.0)
+    targets.check(force=True)
+    targets.write([(b"p-1", b'{"weight_pounds":1}')], _Batch([], set()))
+    assert backend.read(record.version, [b"p-1"]) == [b'{"weight_pounds":1}']  # written directly: it had loaded
+    versions.abort(record, "the run failed")  # marked failed, its rows dropped, before the refresh looks again
+    targets.write([(b"p-1", b'{"weight_pounds":2}')], _Batch([], set()))
+    assert backend.read(live, [b"p-1"]) == [b'{"weight_pounds":2}']
+    assert targets.building[record.version].ignored == "its run failed and dropped it"
+    backend.close()

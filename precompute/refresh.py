@@ -36,7 +36,7 @@ from precompute.adapters import open_backend
 from precompute.config import Config, ConfigError
 from precompute.model import Model, ModelError, Signature, error_reason, fingerprint
 from precompute.scoring import table_columns
-from precompute.sources import Entry, Source, is_stream, open_source, source_name
+from precompute.sources import Entry, Source, default_consumer, is_stream, open_source, source_name
 from precompute.space import TableSpace
 from precompute.store import Backend, State, StoreError, VersionError, VersionRecord, Versions
 from precompute.store.codec import MAX_KEY_BYTES, control_free
@@ -55,6 +55,8 @@ STALE_SECONDS = 10.0
 JOURNAL_SECONDS = 10.0
 #: Bad records kept, with their positions, for the report (all of them are counted).
 KEPT_BAD = 100
+#: A consumer's entry in a version record is dropped once not updated for this long.
+FORGET_S = 7 * 24 * 3600.0
 #: Lags kept for the summary's quantiles.
 LAGS_KEPT = 100_000
 #: How often a progress line is printed.
@@ -477,8 +479,12 @@ class Targets:
         mine.update(self.state)
         mine["written"] = base + self.into.get(self.live, 0)
         mine["into"] = {v: n for v, n in self.into.items() if v in self.building}  # runs in progress
-        mine["updated_at"] = time.time()
+        now_s = mine["updated_at"] = time.time()
         refresh[self.consumer] = mine
+        for name in [
+            n for n, v in refresh.items() if isinstance(v, dict) and v.get("updated_at", 0) < now_s - FORGET_S
+        ]:
+            del refresh[name]  # consumers gone for a week (a default name is new with every process)
         self.backend.put_record(self.live, record.to_bytes())
         self.recorded_at = now
 
@@ -609,7 +615,7 @@ def refresh(
         start = recorded_watermark(versions, name)
         summary.resumed_from = start
         summary.store = config.store_url.redacted()
-        consumer = settings.consumer or _consumer_name()
+        consumer = settings.consumer or default_consumer()
         source = open_source(
             source_spec, start=start, consumer=consumer, block_ms=settings.block_ms, key_column=space.key_column
         )
@@ -646,12 +652,6 @@ def _warm_up(scorer: Scorer, space: TableSpace) -> None:
             scorer.score([checked])
     except Exception as exc:  # only a warm-up: the first batch pays for it instead
         log.debug("[refresh] no warm-up: %s", exc)
-
-
-def _consumer_name() -> str:
-    from precompute.sources import default_consumer
-
-    return default_consumer()
 
 
 class _Loop:

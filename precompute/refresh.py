@@ -347,6 +347,8 @@ class Targets:
         for version, record in records.items():
             if record.state is State.WRITING and version not in self.building and version != live:
                 self._found(record)
+        if self.state.get("holding"):
+            self.record()  # a heartbeat (every record_seconds): a run waits only for a refresh that is alive
 
     def _found(self, record: VersionRecord) -> None:
         building = _Building(record.version, record.created_at, time.monotonic())
@@ -362,6 +364,7 @@ class Targets:
             )
             return
         log.info("[refresh] a run is writing version %s: its answers wait until it has loaded", record.version)
+        self._holding(record.version, True)
         for written_at, items in self.journal:  # written into the live version since that run began
             if written_at >= record.created_at - 1.0:  # 1 s for clocks apart
                 building.items.update(items)
@@ -384,6 +387,15 @@ class Targets:
         for batch in building.batches:
             batch.waiting.discard(building.version)
         building.batches.clear()
+        if building.version in self.state.get("holding", []):
+            self._holding(building.version, False)
+
+    def _holding(self, version: str, holding: bool) -> None:
+        """Say in the live record (at once) whether answers for ``version`` wait here: its run waits for them
+        to be written before it publishes (:func:`wait_for_refreshes`)."""
+        held = [v for v in self.state.get("holding", []) if v != version] + ([version] if holding else [])
+        self.state["holding"] = held
+        self.record(force=True)
 
     # -- writing --
 
@@ -487,6 +499,28 @@ class Targets:
             del refresh[name]  # consumers gone for a week (a default name is new with every process)
         self.backend.put_record(self.live, record.to_bytes())
         self.recorded_at = now
+
+
+def wait_for_refreshes(backend: Backend, live: str | None, version: str, timeout_s: float = 5.0) -> list[str]:
+    """Called by ``precompute run`` after setting ``loaded_at``, before its publish: wait (up to ``timeout_s``)
+    until no refresh that is alive (its entry in the live record updated in the last 10 s) says it holds
+    answers for ``version``, so that the version is published with them. Returns the consumers still
+    holding when the wait ran out (their answers follow within their next records check)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        raw = backend.records().get(live) if live is not None else None
+        meta = VersionRecord.from_bytes(raw).meta if raw is not None else {}
+        now = time.time()
+        holding = [
+            name
+            for name, state in meta.get("refresh", {}).items()
+            if isinstance(state, dict)
+            and version in state.get("holding", [])
+            and now - float(state.get("updated_at", 0)) < STALE_SECONDS
+        ]
+        if not holding or time.monotonic() >= deadline:
+            return holding
+        time.sleep(0.05)
 
 
 def recorded_watermark(versions: Versions, name: str) -> int | str | None:
@@ -701,6 +735,7 @@ class _Loop:
             self._settle()
             self._progress()
         self._settle()
+        self.targets.check(force=True)  # the live version as it is now (a run may have published meanwhile)
         self.targets.record(force=True)
         self._update_pending()
 

@@ -336,6 +336,7 @@ def _score_verify_publish(
         _keep_summary(backend, record, summary)
         raise DriftRefused("; ".join(reasons))
     with stages.stage("publish", f"publishing {record.version}"):
+        _await_refreshes(backend, live, record.version)
         if lock.lost:
             raise StoreError(f"the run lock was lost ({lock.why_lost}); not publishing")
         versions.mark_ready(record, written)
@@ -345,6 +346,16 @@ def _score_verify_publish(
     summary.outcome = "published"
     _keep_summary(backend, record, summary)
     return summary
+
+
+def _await_refreshes(backend: Backend, live: str | None, version: str) -> None:
+    """A `precompute refresh` holding answers for this version (kept until loaded_at) writes them before the
+    flip: wait for it, a few seconds at most (precompute.refresh.wait_for_refreshes)."""
+    from precompute.refresh import wait_for_refreshes
+
+    late = wait_for_refreshes(backend, live, version)
+    if late:
+        log.warning("[publish] refresh %s has not written its answers for %s yet; publishing anyway", late, version)
 
 
 def _keep_summary(backend: Backend, record: VersionRecord, summary: RunSummary) -> None:

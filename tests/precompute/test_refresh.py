@@ -369,7 +369,7 @@ def test_a_refresh_during_a_run_lands_in_the_version_it_publishes(
 ) -> None:
     from precompute.run import run
 
-    config = table_config(tmp_path)
+    config = table_config(tmp_path, extra='consumer = "c-run"\n')
     live = publish_live(config, ["p-1", "p-2", "p-3"])
     r = client(redis_server)
     stream = f"s-{time.monotonic_ns()}"
@@ -406,7 +406,10 @@ def test_a_refresh_during_a_run_lands_in_the_version_it_publishes(
         while stored(config, live, ["p-new"]) == [None]:
             assert time.monotonic() < deadline, results
             time.sleep(0.05)
-        assert "loaded_at" not in versions.get(new).meta  # it was written while the run was loading
+        while versions.get(live).meta["refresh"]["c-run"].get("holding") != [new]:  # found within a second
+            assert time.monotonic() < deadline, results
+            time.sleep(0.05)
+        assert "loaded_at" not in versions.get(new).meta  # its answers wait while the run is loading
         runner.join(timeout=180)
     finally:
         stop.set()
@@ -424,6 +427,7 @@ def test_a_refresh_during_a_run_lands_in_the_version_it_publishes(
     assert json.loads(p1)["weight_pounds"] == pytest.approx(weight(ROWS[0] | {"sex": "True"}), rel=1e-4)
     assert summary.into[new] == 2
     assert results["run"].verification["store_count"] == 3  # counted before the refreshes went in
+    assert versions.get(new).meta["refresh"]["c-run"]["holding"] == []
     backend.close()
 
 

@@ -120,8 +120,15 @@ class Components:
         reader = reader or open_reader(config.store_url)
         live = LiveVersion(reader, serve.refresh_seconds)
         metrics = Metrics()
-        cache = HotCache(serve.cache_bytes) if serve.cache_bytes else None
-        negative = NegativeCache(serve.negative_ttl_seconds) if serve.negative_ttl_seconds else None
+        # A table space's live version takes refreshed answers (precompute refresh): what the caches keep of
+        # it lasts at most refresh_seconds. A grid version never changes once published.
+        changing = not isinstance(config.space, GridSpace)
+        ttl = serve.refresh_seconds if changing else None
+        negative_ttl = (
+            min(serve.negative_ttl_seconds, serve.refresh_seconds) if changing else serve.negative_ttl_seconds
+        )
+        cache = HotCache(serve.cache_bytes, ttl) if serve.cache_bytes else None
+        negative = NegativeCache(negative_ttl) if negative_ttl else None
         batcher: Batcher[Online, Scored] | None = None
         online: OnlineModel | None = None
         writeback: WriteBack | None = None

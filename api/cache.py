@@ -13,6 +13,13 @@ lookup.
   missing key does not cost a store round trip each time. The TTL is short because absent keys can appear
   within a version (online answers written back, by this process or another one).
 
+A table space's live version changes under the API: ``precompute refresh`` writes re-scored entities
+into it (docs/refresh.md). For such a version both caches keep an entry at most ``ttl_seconds`` (the API
+sets ``[serve] refresh_seconds``), counted from when the store read that filled it *began*: a read that
+started before a refresh was written may return the old answer, and that answer is then dropped no later
+than ``refresh_seconds`` after the refresh. A grid version never changes once published, so its entries
+have no expiry and pay nothing for it.
+
 What the hot cache buys, measured by ``bench/serving.py`` on a Zipf(1.1) stream over the 21,762 babyweight
 keys (docs/serving.md has the table): on SQLite, whose reads take microseconds, 1.25x the throughput at one
 connection and 1.2x at 16; on Redis on loopback, where every read is a round trip, 2.5x and 1.9x, with p50
@@ -33,10 +40,12 @@ ENTRY_OVERHEAD = 160
 
 
 class HotCache:
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, ttl_seconds: float | None = None) -> None:
         self.max_bytes = max_bytes
+        self.ttl = ttl_seconds  # None: entries stay until evicted or the version changes
         self.version: str | None = None
         self.entries: OrderedDict[str, bytes] = OrderedDict()
+        self.expires: dict[str, float] = {}  # with a ttl: key -> perf_counter() time it is dropped at
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -50,31 +59,45 @@ class HotCache:
         if body is None:
             self.misses += 1
             return None
+        if self.ttl is not None and self.expires[key] <= time.perf_counter():
+            self._remove(key)
+            self.misses += 1
+            return None
         self.entries.move_to_end(key)
         self.hits += 1
         return body
 
-    def put(self, version: str, key: str, body: bytes) -> None:
+    def put(self, version: str, key: str, body: bytes, read_at: float | None = None) -> None:
+        """Keep ``body``; ``read_at`` is the ``time.perf_counter()`` at which the store read that produced it
+        began (default now): with a ttl, the entry expires ``ttl`` after it."""
         if version != self.version:
             return  # an answer for a version that is no longer the one being cached: never store it
         size = len(key) + len(body) + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return
-        old = self.entries.pop(key, None)
-        if old is not None:
-            self.bytes -= len(key) + len(old) + ENTRY_OVERHEAD
+        if key in self.entries:
+            self._remove(key)
         self.entries[key] = body
+        if self.ttl is not None:
+            self.expires[key] = (time.perf_counter() if read_at is None else read_at) + self.ttl
         self.bytes += size
         while self.bytes > self.max_bytes:
             evicted, value = self.entries.popitem(last=False)
+            self.expires.pop(evicted, None)
             self.bytes -= len(evicted) + len(value) + ENTRY_OVERHEAD
             self.evictions += 1
+
+    def _remove(self, key: str) -> None:
+        old = self.entries.pop(key)
+        self.expires.pop(key, None)
+        self.bytes -= len(key) + len(old) + ENTRY_OVERHEAD
 
     def _switch(self, version: str) -> None:
         if self.version is not None:
             self.invalidations += 1
         self.version = version
         self.entries.clear()
+        self.expires.clear()
         self.bytes = 0
 
     @property
@@ -116,17 +139,19 @@ class NegativeCache:
         expires = self.expiry.get(key)
         if expires is None:
             return False
-        if expires < time.monotonic():
+        if expires <= time.perf_counter():
             del self.expiry[key]
             return False
         self.hits += 1
         return True
 
-    def add(self, version: str, key: str) -> None:
+    def add(self, version: str, key: str, read_at: float | None = None) -> None:
+        """Remember ``key`` as absent; ``read_at``: the ``time.perf_counter()`` at which the store read that
+        found it absent began (default now). It is forgotten ``ttl`` after that."""
         if version != self.version:
             return
         self.expiry.pop(key, None)
-        self.expiry[key] = time.monotonic() + self.ttl
+        self.expiry[key] = (time.perf_counter() if read_at is None else read_at) + self.ttl
         if len(self.expiry) > self.max_entries:
             self.expiry.popitem(last=False)
 

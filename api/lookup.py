@@ -205,13 +205,13 @@ class Lookup:
             if decoded is not None and self.fallback == "on":
                 return await self.online(key, decoded, version, started, "miss" if decoded.in_space else "off_grid")
             if negative is not None:
-                negative.add(version, key)
+                negative.add(version, key, read_at)
             raise LookupFailed(
                 404, f"key is not in version {version}", source="precomputed", key=key, model_version=version
             )
         body = splice(key, value, b"precomputed", version)
         if cache is not None and expires_at is None:
-            cache.put(version, key, body)
+            cache.put(version, key, body, read_at)
         if self.misses is not None and decoded is not None and not decoded.in_space:
             self.misses.add(key)
         return body, "precomputed"

@@ -1,4 +1,5 @@
-"""The ``precompute`` command line: run | serve | versions | diff | publish | rollback | gc | get | misses | schema.
+"""The ``precompute`` command line: run | refresh | serve | versions | diff | publish | rollback | gc | get |
+misses | schema.
 
 Exit codes, for schedulers (cron, Airflow, Kubernetes CronJobs):
 
@@ -13,6 +14,10 @@ Exit codes, for schedulers (cron, Airflow, Kubernetes CronJobs):
     7  `get`: not found (the key is outside the space or not in the live version, or nothing is published)
     8  the store is full (out of memory or quota): free room or grow it, then run again
     130/143  interrupted (SIGINT/SIGTERM): the new version was dropped, nothing served changed
+
+``refresh`` uses the same codes (2: a grid space, a bad source; 3: the model; 5: the store or the stream
+unreachable). It exits 0 when the source is consumed, bad records included (they are counted and reported),
+and with ``--follow`` on SIGTERM once the batch in hand is written.
 """
 
 from __future__ import annotations
@@ -157,6 +162,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="publish even if the drift gate ([verify] limits) would refuse, this once"
     )
+    p = command("refresh", _refresh, "re-score changed entities of a table space into the live version")
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="SOURCE",
+        help="a .jsonl, .csv or .parquet file, - (JSON lines on standard input), or a Redis Stream: "
+        "redis://host:port/db?stream=NAME&group=GROUP (options consumer=, dead=)",
+    )
+    p.add_argument("--follow", action="store_true", help="keep reading the stream until SIGTERM")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port while refreshing")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="the metrics server's address (default 127.0.0.1)")
     p = command("serve", _serve, "serve lookups over HTTP")
     p.add_argument("--host", help="bind address (default: [serve] host)")
     p.add_argument("--port", type=int, help="port (default: [serve] port)")
@@ -249,6 +267,61 @@ def _write_outputs(args: argparse.Namespace, summary: RunSummary) -> None:
             log.error("could not write %s: %s", path, exc.strerror or exc)
             continue
         log.info("wrote %s", path)
+
+
+def _refresh(args: argparse.Namespace, config: Config) -> int:
+    import threading
+
+    from precompute.refresh import Hooks, RefreshMetrics, RefreshSummary, refresh
+
+    stop = threading.Event()
+    stopped_by: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:  # finish the batch in hand, then stop
+        stopped_by.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    metrics = RefreshMetrics()
+    server = None
+    if args.metrics_port is not None:
+        busy = _cannot_listen(args.metrics_host, args.metrics_port)
+        if busy:
+            return _fail(
+                Exit.CONFIG, f"--metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port} ({busy})"
+            )
+        server = metrics.serve(args.metrics_port, args.metrics_host)
+
+    def progress(summary: RefreshSummary, source: object) -> None:
+        lag = summary.lag(0.5)
+        log.info(
+            "[refresh] %s records, %s written (%.0f/s), %s bad%s",
+            f"{summary.records:,}",
+            f"{summary.written:,}",
+            summary.records / max(time.monotonic() - began, 1e-9),
+            f"{summary.bad:,}",
+            f", lag p50 {lag:.3f}s" if lag is not None else "",
+        )
+
+    began = time.monotonic()
+    summary = RefreshSummary()
+    try:
+        refresh(
+            config,
+            args.source,
+            follow=args.follow,
+            stop=stop,
+            metrics=metrics,
+            hooks=Hooks(progress=progress),
+            summary=summary,
+        )
+    finally:
+        if server is not None:
+            server.shutdown()
+    print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.render())
+    if stopped_by and not args.follow:
+        return _fail(Exit.SIGTERM, "terminated before the end of the source; the batches written are kept")
+    return Exit.OK
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:

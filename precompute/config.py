@@ -36,6 +36,7 @@ from precompute.settings import (
     GridSpaceSection,
     LogFormat,
     ModelSection,
+    RefreshSection,
     RunSection,
     ServeSection,
     StoreSection,
@@ -53,6 +54,7 @@ __all__ = [
     "ConfigError",
     "MissesConfig",
     "ModelConfig",
+    "RefreshConfig",
     "RunConfig",
     "ServeConfig",
     "StoreConfig",
@@ -82,6 +84,7 @@ _store = StoreSection()
 _run = RunSection()
 _serve = ServeSection()
 _verify = VerifySection()
+_refresh = RefreshSection()
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,22 @@ def worker_count(workers: int | None) -> int:
 
 
 @dataclass(frozen=True)
+class RefreshConfig:
+    """``[refresh]``, resolved: an empty consumer name is ``<hostname>-<pid>``."""
+
+    batch_max_size: int = _refresh.batch_max_size
+    window_ms: float = _refresh.window_ms
+    block_ms: int = _refresh.block_ms
+    backlog_max: int = _refresh.backlog_max
+    consumer: str = _refresh.consumer
+    record_seconds: float = _refresh.record_seconds
+
+    @classmethod
+    def of(cls, section: RefreshSection) -> RefreshConfig:
+        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, resolved. ``source`` is the file it was read from."""
 
@@ -296,6 +315,7 @@ class Config:
     serve: ServeConfig
     verify: VerifyConfig = VerifyConfig()
     misses: MissesConfig = MissesConfig()
+    refresh: RefreshConfig = RefreshConfig()
 
     @property
     def store_url(self) -> StoreURL:
@@ -336,6 +356,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         serve=ServeConfig.of(document.serve, env),
         verify=VerifyConfig.of(document.verify),
         misses=MissesConfig.of(document.space),
+        refresh=RefreshConfig.of(document.refresh),
     )
 
 

@@ -203,3 +203,14 @@ class FeatureArrays:
             else:
                 arrays[dim.name] = np.array([float(v) for v in values], dtype=np.float64).astype(dtype)
         return arrays
+
+
+def error_reason(exc: BaseException) -> str:
+    """The one line of a TensorFlow error that says what was wrong (not its graph and stack noise)."""
+    text = str(getattr(exc, "message", None) or exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("assertion failed:"):
+            return line.removeprefix("assertion failed:").strip(" []").replace('\\"', '"')[:300]
+    useful = [ln for ln in lines if not ln.startswith(("[[", "Detected at", "<stack", "Graph execution error"))]
+    return (useful[-1] if useful else type(exc).__name__)[:300]

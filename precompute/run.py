@@ -11,7 +11,9 @@ Stages, each timed in the run summary::
     misses   with [space] include_misses: the off-grid keys the API recorded, chosen (precompute.misses)
     score    Ray Data: grid ids (or table rows) -> actor pool (model loaded once per actor) -> Datasink;
              then the chosen misses, scored on the driver as the API scores them online
-    verify   rows written == space size, store count where cheap, golden rows read back and compared
+    verify   rows written == space size, store count where cheap, golden rows read back and compared;
+             then the record's loaded_at is set: a concurrent `precompute refresh` writes into the version
+             from then on (precompute.refresh)
     drift    a sample of keys read from the new and the live version and compared (precompute.drift); over
              a [verify] limit the version is kept as 'refused' and nothing is published (unless forced)
     publish  one compare-and-swap of the live alias
@@ -44,6 +46,7 @@ from precompute.adapters import backend_class, open_backend
 from precompute.cluster import Node
 from precompute.config import Config, ConfigError
 from precompute.model import Model, ModelError, fingerprint, grid_inputs, is_uri
+from precompute.model import error_reason as _model_reason
 from precompute.plan import IO_TASK_CPUS, ActorPlan, plan_actors
 from precompute.scoring import GridScorer, TableScorer, grid_keys, table_columns
 from precompute.shipping import ModelSource
@@ -348,6 +351,10 @@ def _score_verify_publish(
         summary.verification = _verify(
             config, job.model, table, backend, record.version, written, expected, golden_misses
         )
+    # Verified as loaded: from now on a concurrent `precompute refresh` writes into this version too (its
+    # answers would otherwise be overwritten by this run's rows, and would move the counts just checked).
+    record.meta["loaded_at"] = time.time()
+    backend.put_record(record.version, record.to_bytes())
     live = versions.live()
     summary.previous = live
     with stages.stage("drift", f"comparing a sample of {record.version} with the live version {live or '(none)'}"):
@@ -364,6 +371,7 @@ def _score_verify_publish(
             "or fix the model or data and run again"
         )
     with stages.stage("publish", f"publishing {record.version}"):
+        _await_refreshes(backend, live, record.version)
         if lock.lost:
             raise StoreError(f"the run lock was lost ({lock.why_lost}); not publishing")
         versions.mark_ready(record, written)
@@ -394,6 +402,16 @@ def _choose_misses(config: Config, backend: Backend, stages: _Stages, summary: R
         chosen.over_max,
     )
     return chosen
+
+
+def _await_refreshes(backend: Backend, live: str | None, version: str) -> None:
+    """A `precompute refresh` holding answers for this version (kept until loaded_at) writes them before the
+    flip: wait for it, a few seconds at most (precompute.refresh.wait_for_refreshes)."""
+    from precompute.refresh import wait_for_refreshes
+
+    late = wait_for_refreshes(backend, live, version)
+    if late:
+        log.warning("[publish] refresh %s has not written its answers for %s yet; publishing anyway", late, version)
 
 
 def _keep_summary(backend: Backend, record: VersionRecord, summary: RunSummary) -> None:
@@ -508,17 +526,6 @@ def _cause(exc: BaseException) -> BaseException:
             return seen
         seen = seen.__cause__ or getattr(seen, "cause", None)
     return exc
-
-
-def _model_reason(exc: BaseException) -> str:
-    """The one line of a TensorFlow error that says what was wrong (not its graph and stack noise)."""
-    text = str(getattr(exc, "message", None) or exc)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith("assertion failed:"):
-            return line.removeprefix("assertion failed:").strip(" []").replace('\\"', '"')[:300]
-    useful = [ln for ln in lines if not ln.startswith(("[[", "Detected at", "<stack", "Graph execution error"))]
-    return (useful[-1] if useful else type(exc).__name__)[:300]
 
 
 def _ray_and_plan(config: Config, verbose: bool) -> tuple[bool, ActorPlan]:

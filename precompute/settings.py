@@ -1,7 +1,7 @@
 """The configuration file as typed models: what ``precompute.toml`` may hold, with every default written once.
 
 These models describe the file only (its sections ``[model]``, ``[space]``, ``[store]``, ``[run]``,
-``[verify]`` and ``[serve]``): types, defaults, enumerations as literals, bounds and the checks that need
+``[verify]``, ``[serve]`` and ``[refresh]``): types, defaults, enumerations as literals, bounds and the checks that need
 nothing but the file. :mod:`precompute.config` turns them into the objects the rest of the code uses
 (paths made absolute, environment overrides applied, ``"auto"`` read as ``None``, the request space built)
 and words the validation errors; :func:`document_schema` is the JSON Schema that ``precompute schema``
@@ -515,6 +515,35 @@ class ServeSection(_Section):
         return float(self.batch_target_ms or min(50.0, self.deadline_ms / 2))
 
 
+class RefreshSection(_Section):
+    """``precompute refresh``: changed entities re-scored into the live version (docs/refresh.md)."""
+
+    model_config = ConfigDict(title="[refresh]")
+
+    batch_max_size: PositiveInt = Field(1_024, description="The most records scored in one model call.")
+    window_ms: NonNegativeFloat = Field(
+        20.0,
+        description="How long a batch waits to fill once its first record arrived; 0: a batch is what is there.",
+    )
+    block_ms: PositiveInt = Field(
+        1_000, description="How long one read of a Redis Stream waits for an entry (XREADGROUP BLOCK)."
+    )
+    backlog_max: PositiveInt = Field(
+        100_000,
+        description="Answers kept in memory for a version a concurrent `precompute run` is still loading; when "
+        "full, reading pauses until the run has loaded.",
+    )
+    consumer: str = Field(
+        "",
+        description="The consumer name in a Redis Stream's consumer group. Default: <hostname>-<pid>; give a "
+        "fixed name so that a restarted refresh re-reads the entries it had not acknowledged.",
+        examples=["refresh-1"],
+    )
+    record_seconds: PositiveFloat = Field(
+        1.0, description="How often the refreshed counts and the watermark are written into the version record."
+    )
+
+
 class ConfigFile(_Section):
     """A whole ``precompute.toml``."""
 
@@ -534,6 +563,9 @@ class ConfigFile(_Section):
         default_factory=VerifySection, description="The drift gate: the new version against the live one."
     )
     serve: ServeSection = Field(default_factory=ServeSection, description="The HTTP API (precompute serve).")
+    refresh: RefreshSection = Field(
+        default_factory=RefreshSection, description="Changed entities re-scored into the live version."
+    )
 
 
 class _TomlSchema(GenerateJsonSchema):

@@ -143,7 +143,7 @@ def test_schema_needs_no_config_and_prints_the_files_json_schema(tmp_path: Path)
     schema = json.loads(result.stdout)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"] == "precompute.toml"
-    assert set(schema["properties"]) == {"model", "space", "store", "run", "verify", "serve"}
+    assert set(schema["properties"]) == {"model", "space", "store", "run", "verify", "serve", "refresh"}
     assert schema["additionalProperties"] is False
 
 

@@ -25,7 +25,7 @@ CORE = {
     "values",
     "drift",
 }  # used by batch side and API
-BATCH = {"run", "scoring", "sink", "plan", "cluster", "shipping", "report", "misses"}
+BATCH = {"run", "scoring", "sink", "plan", "cluster", "shipping", "report", "misses", "refresh", "sources"}
 # What each layer may import from the project, by first name under precompute.
 ALLOWED: dict[str, set[str]] = {
     "store": {"store"},

@@ -12,6 +12,7 @@ from precompute.config import (
     ConfigError,
     MissesConfig,
     ModelConfig,
+    RefreshConfig,
     RunConfig,
     ServeConfig,
     StoreConfig,
@@ -174,6 +175,9 @@ def test_every_problem_gets_one_line(tmp_path: Path) -> None:
         (("[model]\n", '[run]\nwrite_tasks = "aut"\n[model]\n'), r'Fix: did you mean `write_tasks = "auto"`\?'),
         (("[model]\n", "[serve]\nport = 70000\n[model]\n"), r"70000 is above the highest TCP port of 65535"),
         (("[model]\n", "[store]\nkeep_versions = true\n[model]\n"), r"\[store\] keep_versions: expected a positive"),
+        (("[model]\n", "[refresh]\nbatch_max_size = 0\n[model]\n"), r"\[refresh\] batch_max_size: must be positive"),
+        (("[model]\n", "[refresh]\nwindow_ms = -1\n[model]\n"), r"\[refresh\] window_ms: must be 0.0 or more, got -1"),
+        (("[model]\n", "[refresh]\nbatch_size = 10\n[model]\n"), r"\[refresh\] batch_size: unknown field. Fix: did"),
         (
             ('type = "grid"', 'type = "grid"\nkey_column = "id"'),
             r"key_column: unknown field. Fix: it belongs in \[space\] ",
@@ -216,6 +220,8 @@ def test_the_resolved_defaults_are_the_files_defaults(tmp_path: Path) -> None:
     assert config.serve == ServeConfig()
     assert config.misses == MissesConfig()
     assert (config.misses.include, config.serve.record_misses) == (False, False)
+    assert config.refresh == RefreshConfig()
+    assert (config.refresh.batch_max_size, config.refresh.window_ms, config.refresh.consumer) == (1024, 20.0, "")
     assert config.store == StoreConfig(config.store.url)
     assert config.model == ModelConfig(tmp_path / "model")
     assert (config.serve.batch_target_ms, config.serve.max_key_bytes, config.run.device) == (50.0, 1024, "auto")
@@ -246,7 +252,7 @@ def test_schema_checks_the_example_and_rejects_an_unknown_field() -> None:
     validator = jsonschema.Draft202012Validator(schema)
     document = tomllib.loads(EXAMPLE_CONFIG.read_text())
     assert list(validator.iter_errors(document)) == []
-    assert set(schema["properties"]) == {"model", "space", "store", "run", "verify", "serve"}
+    assert set(schema["properties"]) == {"model", "space", "store", "run", "verify", "serve", "refresh"}
     assert schema["required"] == ["model", "space"]
     table = {"model": {"path": "m"}, "space": {"type": "table", "path": ["a.parquet"], "key_column": "id"}}
     assert validator.is_valid(table)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,14 +94,15 @@ class ModelConfig:
     signature: str = _default(ModelSection, "signature")
     outputs: tuple[str, ...] | None = _default(ModelSection, "outputs")  # None: every output of the signature
     uri: str | None = None
+    name: str | None = None  # [model] name; Config.name is the one used
 
     @classmethod
     def of(cls, section: ModelSection, base: Path) -> ModelConfig:
         outputs = tuple(section.outputs) if section.outputs else None
         if is_uri(section.path):
             fetched = cache_dir() / "fetched" / hashlib.sha256(section.path.encode()).hexdigest()[:16]
-            return cls(fetched, section.signature, outputs, uri=section.path)
-        return cls(base / section.path, section.signature, outputs)
+            return cls(fetched, section.signature, outputs, uri=section.path, name=section.name)
+        return cls(base / section.path, section.signature, outputs, name=section.name)
 
     @property
     def location(self) -> str:
@@ -300,6 +302,12 @@ class Config:
     @property
     def store_url(self) -> StoreURL:
         return StoreURL.parse(self.store.url)
+
+    @property
+    def name(self) -> str:
+        """The model's name when served (``[model] name``), by default the file's stem with anything a URL
+        would escape replaced by ``-`` (``job a.toml`` is ``job-a``)."""
+        return self.model.name or re.sub(r"[^A-Za-z0-9._-]", "-", self.source.stem).lstrip("._-")[:64] or "model"
 
 
 def read_document(raw: dict[str, Any]) -> ConfigFile:

@@ -52,6 +52,8 @@ TABLE_FORMATS: dict[str, TableFormat] = {
     ".ndjson": "json",
 }
 SPACE_TYPE = "type"  # the field of [space] that picks the kind of space
+#: A model's name as a path segment (``/models/<name>/predict``): nothing to escape in a URL or a label.
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,12 @@ class ModelSection(_Section):
         "(gs://, s3://, hdfs://, or file:// for a folder every Ray node mounts).",
         examples=["model", "gs://my-bucket/models/babyweight/3"],
         min_length=1,
+    )
+    name: Annotated[str, Field(pattern=MODEL_NAME)] | None = Field(
+        None,
+        description="The model's name where several are served at once (/models/<name>/predict; the model label of "
+        "/metrics): letters, digits, '.', '_' and '-', at most 64. Default: the config file's name without .toml.",
+        examples=["babyweight"],
     )
     signature: str = Field("serving_default", description="The SavedModel signature to call.")
     outputs: list[str] | None = Field(

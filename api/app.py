@@ -7,6 +7,8 @@
     GET  /readyz                   the store answers and a version is live (or the online model can answer)
     GET  /metrics                  Prometheus text format
     GET  /openapi.json             the OpenAPI 3 description
+    GET  /models                   the models served (api/models.py)
+    *    /models/<name>/predict... one model's predictions; with several models the only ones (docs/serving.md)
 
 Errors: a malformed key is 400, a key outside the space 404 (with the reason), a key over the size limit
 414, too many keys or too large a body 413, a missing token 401, a non-finite online prediction 422, a store
@@ -17,7 +19,8 @@ when the model could not answer within the deadline).
 
 Three pieces, one per concern: :class:`Components` (what the endpoints share, built from the config),
 the endpoints (api/endpoints.py) and :class:`Lifespan` (start-up and shutdown); :func:`create_app` puts
-them together. The serving path, its options and its measurements are described in docs/serving.md.
+them together, and :func:`create_served_app` does so for several models (one Components each). The serving
+path, its options and its measurements are described in docs/serving.md.
 """
 
 from __future__ import annotations

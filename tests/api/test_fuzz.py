@@ -68,6 +68,8 @@ CASES = [
     ("/healthz", "GET", GenerationMode.POSITIVE),
     ("/readyz", "GET", GenerationMode.POSITIVE),
     ("/metrics", "GET", GenerationMode.POSITIVE),
+    ("/models", "GET", GenerationMode.POSITIVE),
+    ("/models/precompute/predict/{key}", "GET", GenerationMode.POSITIVE),
 ]
 
 

@@ -322,3 +322,22 @@ def test_served_from_env_reads_the_same_models(two: tuple[Path, Path, str, str])
     assert again.serve == served.serve
     assert from_env(str(a), env={}).names == ["a"]  # a plain path: one config, as before
     assert Served.single(load_config(a, env={})).several is False
+
+
+def test_the_serve_file_has_a_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    from precompute.cli import main
+
+    assert main(["schema", "--serve-file"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["required"] == ["models"]
+    assert set(schema["$defs"]["ProcessServeSection"]["properties"]) == {
+        "host",
+        "port",
+        "workers",
+        "access_log",
+        "log_format",
+        "auth",
+        "auth_tokens_env",
+        "shutdown_seconds",
+        "metrics",
+    }

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from precompute.settings import (
     TableFormat,
     TableSpaceSection,
     VerifySection,
+    url_safe_name,
 )
 from precompute.space import Categorical, Dimension, GridSpace, Range, Space, TableSpace
 from precompute.store import StoreURL
@@ -307,7 +307,7 @@ class Config:
     def name(self) -> str:
         """The model's name when served (``[model] name``), by default the file's stem with anything a URL
         would escape replaced by ``-`` (``job a.toml`` is ``job-a``)."""
-        return self.model.name or re.sub(r"[^A-Za-z0-9._-]", "-", self.source.stem).lstrip("._-")[:64] or "model"
+        return self.model.name or url_safe_name(self.source.stem)
 
 
 def read_document(raw: dict[str, Any]) -> ConfigFile:

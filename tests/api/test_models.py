@@ -208,7 +208,9 @@ def test_a_process_setting_that_differs_is_refused_naming_both_files(tmp_path: P
 
 
 def test_a_model_name_must_be_url_safe_and_one_store_override_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"\[model\] name"):
+    with pytest.raises(
+        ConfigError, match=r"\[model\] name: 'has space' is not URL-safe: .* Fix: `name = \"has-space\"`"
+    ):
         load_config(job(tmp_path, "a", name="has space"), env={})
     assert load_config(job(tmp_path, "job config"), env={}).name == "job-config"  # a file name, made safe
     with pytest.raises(ConfigError, match="PRECOMPUTE_STORE is set, and would point all 2 models at one store"):

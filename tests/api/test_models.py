@@ -343,3 +343,19 @@ def test_the_serve_file_has_a_schema(capsys: pytest.CaptureFixture[str]) -> None
         "shutdown_seconds",
         "metrics",
     }
+
+
+def test_each_models_summary_log_line_counts_its_own_requests() -> None:
+    from precompute.api.logs import Summary
+    from precompute.api.metrics import Instruments, Metrics
+
+    shared = Instruments(labelled=True)
+    a, b = Metrics(shared=shared, model="a"), Metrics(shared=shared, model="b")
+    a.request("cache", 200, 0.001)
+    a.late_answer("deadline")
+    b.request("online", 503, 0.2)
+    line = Summary(a, None).line()
+    assert line is not None
+    assert (line["model"], line["requests"], line["by_source_status"], line["late"]) == ("a", 1, {"cache:200": 1}, 1)
+    assert b.value("precompute_requests_total", source="online", status="503") == 1
+    assert b.value("precompute_requests_total", source="cache", status="200") == 0

@@ -105,27 +105,40 @@ def create_served_app(
         tokens = Tokens(serve.auth, serve.auth_tokens)
         guard = tokens.guard
 
-    def predictions(parts: Components, prefix: str) -> list[Route]:
+    def endpoints(parts: Components) -> tuple[Endpoint, Endpoint, Endpoint]:
+        """One model's ``GET /predict/{key}``, ``GET /predict?...`` and ``POST /predict``."""
         record = parts.metrics.request if serve.metrics else not_recorded
         answers = Predictions(parts.lookup, parts.config.serve.max_body_bytes)
         metrics = parts.metrics
-        return [
-            Route(f"{prefix}/predict/{{key:path}}", guard(answered(answers.key, record), metrics), methods=["GET"]),
-            Route(f"{prefix}/predict", guard(answered(answers.features, record), metrics), methods=["GET"]),
-            Route(f"{prefix}/predict", guard(answered(answers.batch, record), metrics), methods=["POST"]),
-        ]
+        return (
+            guard(answered(answers.key, record), metrics),
+            guard(answered(answers.features, record), metrics),
+            guard(answered(answers.batch, record), metrics),
+        )
 
+    by_model = {parts.config.name: endpoints(parts) for parts in models}
     first = models[0]
-    routes = predictions(first, "") if not served.several else [Route("/predict{rest:path}", catalogue.no_default)]
+    routes: list[Route] = []
+    if not served.several:  # the routes of one model, first: matched as before, at the same cost
+        key, features, batch = by_model[first.config.name]
+        routes += [
+            Route("/predict/{key:path}", key, methods=["GET"]),
+            Route("/predict", features, methods=["GET"]),
+            Route("/predict", batch, methods=["POST"]),
+        ]
+    # /models/<name>/...: one route each, dispatching on the name (a dict lookup however many models).
     routes += [
+        Route("/models/{name}/predict/{key:path}", catalogue.by_name(by_model, 0), methods=["GET"]),
+        Route("/models/{name}/predict", catalogue.by_name(by_model, 1), methods=["GET"]),
+        Route("/models/{name}/predict", catalogue.by_name(by_model, 2), methods=["POST"]),
         Route("/healthz", catalogue.healthz, methods=["GET"]),
         Route("/readyz", catalogue.readyz, methods=["GET"]),
         Route("/openapi.json", catalogue.openapi, methods=["GET"]),
         Route("/models", guard(catalogue.listing, first.metrics), methods=["GET"]),
+        Route("/models/{name}{rest:path}", catalogue.unknown),  # an unknown name, or a method not allowed
     ]
-    for parts in models:
-        routes += predictions(parts, f"/models/{parts.config.name}")
-    routes.append(Route("/models/{name}{rest:path}", catalogue.unknown))
+    if served.several:
+        routes.append(Route("/predict{rest:path}", catalogue.no_default))
     if serve.metrics:
         routes.append(Route("/metrics", guard(catalogue.prometheus, first.metrics), methods=["GET"]))
     lifespan = Lifespan(models, workers)

@@ -10,7 +10,7 @@ that are not ready.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -24,6 +24,7 @@ from precompute.space import GridSpace, Space
 
 if TYPE_CHECKING:
     from precompute.api.app import Components
+    from precompute.api.endpoints import Endpoint
     from precompute.api.workers import Workers
 
 State = dict[str, Any]
@@ -95,15 +96,30 @@ class Catalogue:
             )
         return JSONResponse({"models": listed})
 
+    def by_name(self, endpoints: Mapping[str, Sequence[Endpoint]], which: int) -> Endpoint:
+        """The endpoint that answers with model ``<name>``'s ``endpoints[name][which]``."""
+        chosen = {name: found[which] for name, found in endpoints.items()}.get
+
+        async def endpoint(request: Request) -> Response:
+            answer = chosen(request.path_params["name"])
+            if answer is None:
+                return self.unknown_name(request.path_params["name"])
+            return await answer(request)
+
+        return endpoint
+
+    def unknown_name(self, name: str) -> Response:
+        return JSONResponse(
+            {"error": f"no model named {name!r} is served; served: {', '.join(self.names)}", "models": self.names},
+            status_code=404,
+        )
+
     async def unknown(self, request: Request) -> Response:
         """A path under ``/models/<name>`` that no route took: an unknown name (404 with the served ones), or
         a known model's path with a method it does not answer (405) or that does not exist (404)."""
         name, rest = request.path_params["name"], request.path_params["rest"]
         if name not in self.names:
-            return JSONResponse(
-                {"error": f"no model named {name!r} is served; served: {', '.join(self.names)}", "models": self.names},
-                status_code=404,
-            )
+            return self.unknown_name(name)
         if rest == "/predict" or rest.startswith("/predict/"):
             allowed = "GET, POST" if rest == "/predict" else "GET"
             return JSONResponse({"error": "Method Not Allowed"}, status_code=405, headers={"Allow": allowed})

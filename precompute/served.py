@@ -135,6 +135,10 @@ def load_served(configs: Sequence[Path], serve_file: Path | None = None, env: di
         section = ServeSection(**document.serve.model_dump(exclude_unset=True))
         process = ServeConfig.of(section, env)
         reference = f"serve file {serve_file}"
+    if not configs:
+        raise ConfigError(
+            "no job config to serve. Fix: --config FILE (repeated for several models) or --serve-file FILE"
+        )
     if len(configs) == 1 and serve_file is None:
         return Served.single(load_config(configs[0], env))
     if len(configs) > 1 and env.get(STORE_ENV):

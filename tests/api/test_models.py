@@ -191,6 +191,8 @@ def test_two_models_of_one_name_are_refused_naming_both_files(tmp_path: Path) ->
         load_served([a, b], env={})
     with pytest.raises(ConfigError, match=r"a\.toml is listed twice"):
         load_served([a, a], env={})
+    with pytest.raises(ConfigError, match="no job config to serve"):
+        load_served([], env={})
 
 
 def test_a_process_setting_that_differs_is_refused_naming_both_files(tmp_path: Path) -> None:
@@ -359,3 +361,13 @@ def test_each_models_summary_log_line_counts_its_own_requests() -> None:
     assert (line["model"], line["requests"], line["by_source_status"], line["late"]) == ("a", 1, {"cache:200": 1}, 1)
     assert b.value("precompute_requests_total", source="online", status="503") == 1
     assert b.value("precompute_requests_total", source="cache", status="200") == 0
+
+
+def test_serve_takes_configs_or_a_serve_file_not_both(capsys: pytest.CaptureFixture[str]) -> None:
+    from precompute.cli import main
+
+    for args in (["serve"], ["serve", "--config", "a.toml", "--serve-file", "s.toml"]):
+        with pytest.raises(SystemExit) as caught:
+            main(args)
+        assert caught.value.code == 2
+    assert "argument --serve-file: not allowed with argument --config/-c" in capsys.readouterr().err

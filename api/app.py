@@ -7,6 +7,8 @@
     GET  /readyz                   the store answers and a version is live (or the online model can answer)
     GET  /metrics                  Prometheus text format
     GET  /openapi.json             the OpenAPI 3 description
+    GET  /models                   the models served (api/models.py)
+    *    /models/<name>/predict... one model's predictions; with several models the only ones (docs/serving.md)
 
 Errors: a malformed key is 400, a key outside the space 404 (with the reason), a key over the size limit
 414, too many keys or too large a body 413, a missing token 401, a non-finite online prediction 422, a store
@@ -17,7 +19,8 @@ when the model could not answer within the deadline).
 
 Three pieces, one per concern: :class:`Components` (what the endpoints share, built from the config),
 the endpoints (api/endpoints.py) and :class:`Lifespan` (start-up and shutdown); :func:`create_app` puts
-them together. The serving path, its options and its measurements are described in docs/serving.md.
+them together, and :func:`create_served_app` does so for several models (one Components each). The serving
+path, its options and its measurements are described in docs/serving.md.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import asyncio
 import contextlib
 import gc
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,13 +40,15 @@ from starlette.routing import Route
 
 from precompute.adapters import open_backend, open_reader
 from precompute.api.cache import HotCache, NegativeCache
-from precompute.api.endpoints import Endpoint, Operations, Predictions, answered, http_error, not_recorded
+from precompute.api.endpoints import Endpoint, Predictions, answered, http_error, not_recorded
 from precompute.api.live import LiveVersion
 from precompute.api.logs import Summary
 from precompute.api.lookup import Lookup
-from precompute.api.metrics import Metrics
+from precompute.api.metrics import Instruments, Metrics
 from precompute.api.misses import MissRecorder
+from precompute.api.models import Catalogue
 from precompute.config import Config, ConfigError
+from precompute.served import Served
 from precompute.space import GridSpace
 from precompute.store import Backend, Reader, StoreURL
 
@@ -60,40 +65,94 @@ def create_app(
     """The app for ``config``. ``reader`` and ``backend`` replace the ones opened from the store URL (tests
     inject faults through them); the backend is used only to write online answers back. ``workers``: this
     process is one of several workers (api/workers.py), whose ``/metrics`` and ``/readyz`` answer for all."""
-    parts = Components.build(config, reader, backend)
-    serve = config.serve
-    record = parts.metrics.request if serve.metrics else not_recorded
-    predictions = Predictions(parts.lookup, serve.max_body_bytes)
-    operations = Operations(config, parts.live, parts.lookup, parts.metrics, parts.online, workers)
-    if workers is not None:
-        workers.bind(parts.metrics, operations.readiness)
+    name = config.name
+    return create_served_app(
+        Served.single(config),
+        {name: reader} if reader is not None else None,
+        {name: backend} if backend is not None else None,
+        workers,
+    )
 
-    guard: Callable[[Endpoint], Endpoint] = lambda endpoint: endpoint  # noqa: E731
+
+def create_served_app(
+    served: Served,
+    readers: Mapping[str, Reader] | None = None,
+    backends: Mapping[str, Backend] | None = None,
+    workers: Workers | None = None,
+) -> Starlette:
+    """The app for every model of ``served``: with one, the routes of a single model (``/predict...``), and
+    also under ``/models/<name>/``; with several, each under ``/models/<name>/`` only (docs/serving.md).
+    ``readers`` and ``backends``: by model name, as for :func:`create_app`."""
+    serve = served.serve
+    instruments = Instruments(labelled=served.several)
+    models = [
+        Components.build(
+            config,
+            (readers or {}).get(config.name),
+            (backends or {}).get(config.name),
+            Metrics(shared=instruments, model=config.name),
+        )
+        for config in served.models
+    ]
+    catalogue = Catalogue(served, models, workers)
+    if workers is not None:
+        workers.bind(instruments, catalogue.readiness, catalogue.models_ready if served.several else None)
+
+    guard: Callable[[Endpoint, Metrics], Endpoint] = lambda endpoint, metrics: endpoint  # noqa: E731
     if serve.auth != "off":  # with auth off the endpoints are not wrapped at all: a hit pays nothing
         from precompute.api.auth import Tokens
 
         tokens = Tokens(serve.auth, serve.auth_tokens)
-        guard = lambda endpoint: tokens.guard(endpoint, parts.metrics)  # noqa: E731
+        guard = tokens.guard
 
-    routes = [
-        Route("/predict/{key:path}", guard(answered(predictions.key, record)), methods=["GET"]),
-        Route("/predict", guard(answered(predictions.features, record)), methods=["GET"]),
-        Route("/predict", guard(answered(predictions.batch, record)), methods=["POST"]),
-        Route("/healthz", operations.healthz, methods=["GET"]),
-        Route("/readyz", operations.readyz, methods=["GET"]),
-        Route("/openapi.json", operations.openapi, methods=["GET"]),
+    def endpoints(parts: Components) -> tuple[Endpoint, Endpoint, Endpoint]:
+        """One model's ``GET /predict/{key}``, ``GET /predict?...`` and ``POST /predict``."""
+        record = parts.metrics.request if serve.metrics else not_recorded
+        answers = Predictions(parts.lookup, parts.config.serve.max_body_bytes)
+        metrics = parts.metrics
+        return (
+            guard(answered(answers.key, record), metrics),
+            guard(answered(answers.features, record), metrics),
+            guard(answered(answers.batch, record), metrics),
+        )
+
+    by_model = {parts.config.name: endpoints(parts) for parts in models}
+    first = models[0]
+    routes: list[Route] = []
+    if not served.several:  # the routes of one model, first: matched as before, at the same cost
+        key, features, batch = by_model[first.config.name]
+        routes += [
+            Route("/predict/{key:path}", key, methods=["GET"]),
+            Route("/predict", features, methods=["GET"]),
+            Route("/predict", batch, methods=["POST"]),
+        ]
+    # /models/<name>/...: one route each, dispatching on the name (a dict lookup however many models).
+    routes += [
+        Route("/models/{name}/predict/{key:path}", catalogue.by_name(by_model, 0), methods=["GET"]),
+        Route("/models/{name}/predict", catalogue.by_name(by_model, 1), methods=["GET"]),
+        Route("/models/{name}/predict", catalogue.by_name(by_model, 2), methods=["POST"]),
+        Route("/healthz", catalogue.healthz, methods=["GET"]),
+        Route("/readyz", catalogue.readyz, methods=["GET"]),
+        Route("/openapi.json", catalogue.openapi, methods=["GET"]),
+        Route("/models", guard(catalogue.listing, first.metrics), methods=["GET"]),
+        Route("/models/{name}{rest:path}", catalogue.unknown),  # an unknown name, or a method not allowed
     ]
+    if served.several:
+        routes.append(Route("/predict{rest:path}", catalogue.no_default))
     if serve.metrics:
-        routes.append(Route("/metrics", guard(operations.prometheus), methods=["GET"]))
-    app = Starlette(routes=routes, lifespan=Lifespan(parts, workers), exception_handlers={HTTPException: http_error})
-    app.state.live = parts.live
-    app.state.metrics = parts.metrics
-    app.state.lookup = parts.lookup
-    app.state.cache = parts.cache
-    app.state.batcher = parts.batcher
-    app.state.online = parts.online
-    app.state.writeback = parts.writeback
-    app.state.misses = parts.misses
+        routes.append(Route("/metrics", guard(catalogue.prometheus, first.metrics), methods=["GET"]))
+    lifespan = Lifespan(models, workers)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.models = {parts.config.name: parts for parts in models}
+    # The first (with one config, the only) model's pieces, as the tests of a single model read them.
+    app.state.live = first.live
+    app.state.metrics = first.metrics
+    app.state.lookup = first.lookup
+    app.state.cache = first.cache
+    app.state.batcher = first.batcher
+    app.state.online = first.online
+    app.state.writeback = first.writeback
+    app.state.misses = first.misses
     return app
 
 
@@ -115,11 +174,18 @@ class Components:
     misses: MissRecorder | None = None
 
     @classmethod
-    def build(cls, config: Config, reader: Reader | None = None, backend: Backend | None = None) -> Components:
+    def build(
+        cls,
+        config: Config,
+        reader: Reader | None = None,
+        backend: Backend | None = None,
+        metrics: Metrics | None = None,
+    ) -> Components:
+        """One model's pieces, counting into ``metrics`` (new ones unless given)."""
         serve = config.serve
         reader = reader or open_reader(config.store_url)
         live = LiveVersion(reader, serve.refresh_seconds)
-        metrics = Metrics()
+        metrics = metrics if metrics is not None else Metrics()
         # A table space's live version takes refreshed answers (precompute refresh): what the caches keep of
         # it lasts at most refresh_seconds. A grid version never changes once published.
         changing = not isinstance(config.space, GridSpace)
@@ -196,15 +262,16 @@ class WriteBackend:
 
 
 class Lifespan:
-    """Start-up and shutdown, as Starlette's ``lifespan``: the live version's first read and refresh task,
-    the summary log task, the online model (loaded and warmed up on its thread), the GC freeze; then, in
-    reverse, the model's queue drained, the write-back queue and the counted misses flushed, the store
-    closed."""
+    """Start-up and shutdown, as Starlette's ``lifespan``, for every model in turn: the live version's first
+    read and refresh task, the summary log task, the online model (loaded and warmed up on its thread); then
+    the GC freeze. On the way down, in reverse, for each model: the model's queue drained, the write-back
+    queue and the counted misses flushed, the store closed."""
 
-    def __init__(self, parts: Components, workers: Workers | None = None) -> None:
-        self.parts = parts
+    def __init__(self, models: Sequence[Components], workers: Workers | None = None) -> None:
+        self.models = list(models)
         self.workers = workers
-        self._summary: asyncio.Task[None] | None = None
+        self._summaries: list[asyncio.Task[None]] = []
+        self._started: list[Components] = []
 
     @asynccontextmanager
     async def __call__(self, app: Starlette) -> AsyncIterator[None]:
@@ -215,16 +282,9 @@ class Lifespan:
             await self.stop()
 
     async def start(self) -> None:
-        parts = self.parts
-        await parts.live.start()
-        if parts.misses is not None:
-            parts.misses.start()
-        self._summary = asyncio.create_task(Summary(parts.metrics, parts.cache).run(), name="precompute-log-summary")
-        if parts.batcher is not None and parts.online is not None:
-            parts.batcher.start()
-            await parts.batcher.run_in_worker(parts.online.load)  # TensorFlow loads and warms up before serving
-            assert parts.lookup.answers is not None
-            parts.lookup.answers.default = parts.online.default
+        for parts in self.models:
+            self._started.append(parts)
+            await self._start(parts)
         # What is alive now (modules, the app, the model) lives as long as the process: take it out of the
         # cyclic GC's scans. Lookups in flight get promoted to the oldest generation, so without this a full
         # collection of every loaded object ran about twice a second under load (30 ms each on a Redis
@@ -234,15 +294,33 @@ class Lifespan:
         if self.workers is not None:
             await self.workers.start()  # counted as ready from now on
 
+    async def _start(self, parts: Components) -> None:
+        await parts.live.start()
+        if parts.misses is not None:
+            parts.misses.start()
+        name = "precompute-log-summary" + (f"-{parts.config.name}" if len(self.models) > 1 else "")
+        self._summaries.append(asyncio.create_task(Summary(parts.metrics, parts.cache).run(), name=name))
+        if parts.batcher is not None and parts.online is not None:
+            parts.batcher.start()
+            await parts.batcher.run_in_worker(parts.online.load)  # TensorFlow loads and warms up before serving
+            assert parts.lookup.answers is not None
+            parts.lookup.answers.default = parts.online.default
+
     async def stop(self) -> None:
         """Safe after a start that failed half-way (a model that does not load)."""
-        parts = self.parts
         gc.unfreeze()  # a process that builds several apps (the tests) must not keep their garbage
-        if self._summary is not None:
-            self._summary.cancel()
+        for task in self._summaries:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._summary
-            self._summary = None
+                await task
+        self._summaries = []
+        for parts in reversed(self._started):
+            await self._stop(parts)
+        self._started = []
+        if self.workers is not None:
+            await self.workers.stop()  # after the drains: their counts are in the last copy
+
+    async def _stop(self, parts: Components) -> None:
         if parts.batcher is not None:
             await parts.batcher.close(parts.config.serve.shutdown_seconds)
         if parts.writeback is not None:
@@ -253,5 +331,3 @@ class Lifespan:
         await parts.reader.aclose()
         if parts.backend is not None:
             parts.backend.close()
-        if self.workers is not None:
-            await self.workers.stop()  # after the drains: their counts are in the last copy

@@ -1,4 +1,4 @@
-"""The endpoints: the three predictions, written once around :func:`answered`, and the operations ones.
+"""The endpoints: the three predictions, written once around :func:`answered`, and a model's readiness.
 
 :func:`answered` turns an :data:`Answer` into a Starlette endpoint and is the one place that times a
 request, records it in the metrics, and turns :class:`~precompute.api.responses.LookupFailed` into its JSON
@@ -21,14 +21,12 @@ from starlette.responses import JSONResponse, Response
 
 from precompute.api.live import LiveVersion
 from precompute.api.lookup import Lookup
-from precompute.api.metrics import CONTENT_TYPE, Metrics
-from precompute.api.openapi import describe
+from precompute.api.metrics import Metrics
 from precompute.api.responses import LookupFailed
 from precompute.config import Config
 
 if TYPE_CHECKING:
     from precompute.api.fallback import OnlineModel
-    from precompute.api.workers import Workers
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Answer = Callable[[Request, float], Awaitable[tuple[bytes, str]]]
@@ -78,35 +76,19 @@ class Predictions:
 
 
 class Operations:
-    """``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json``."""
+    """One model's readiness, as ``/readyz`` answers it (api/models.py answers for every model)."""
 
     def __init__(
-        self,
-        config: Config,
-        live: LiveVersion,
-        lookup: Lookup,
-        metrics: Metrics,
-        online: OnlineModel | None,
-        workers: Workers | None = None,
+        self, config: Config, live: LiveVersion, lookup: Lookup, metrics: Metrics, online: OnlineModel | None
     ) -> None:
         self.store = config.store_url.redacted()
         self.live = live
         self.lookup = lookup
         self.metrics = metrics
         self.online = online
-        self.workers = workers
-        self.worker_header = workers.header if workers is not None else None  # X-Worker: which one answered
-        self.openapi_body = json.dumps(describe(config)).encode()
-
-    async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(self, request: Request) -> Response:
-        state = self.readiness() if self.workers is None else self.workers.state()
-        return JSONResponse(state, status_code=200 if state["ready"] else 503, headers=self.worker_header)
 
     def readiness(self) -> dict[str, Any]:
-        """This process's readiness, as ``/readyz`` answers it with one worker."""
+        """This model's readiness in this process."""
         live = self.live
         online_ready = self.online is not None and self.online.model is not None
         # Degraded: the store cannot answer (or nothing is published) and the model does. A version refused
@@ -127,12 +109,6 @@ class Operations:
         if degraded:
             state["degraded"] = "the store cannot answer; the online model does"
         return state
-
-    async def prometheus(self, request: Request) -> Response:
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE, headers=self.worker_header)
-
-    async def openapi(self, request: Request) -> Response:
-        return Response(self.openapi_body, media_type="application/json")
 
 
 def single_values(request: Request) -> dict[str, str]:

@@ -88,6 +88,8 @@ class Summary:
         self._last_late, self._last_fallbacks = late, fallbacks
         if self.cache is not None:
             fields["cache_hit_ratio"] = round(self.cache.hit_ratio, 4)
+        if self.metrics.labels:  # several models: one line each
+            fields["model"] = self.metrics.model
         return fields if fields["requests"] else None
 
     async def run(self) -> None:

@@ -83,26 +83,42 @@ class Unobserved:
 
 
 class _Children(dict[tuple[str | int, ...], Counter]):
-    """A labelled Counter's children by label values, each resolved once by ``labels()``."""
+    """A labelled Counter's children by label values, each resolved once by ``labels()``; ``prefix``: the
+    values of the labels every child has (the model's name, with several models)."""
 
-    def __init__(self, counter: Counter) -> None:
+    def __init__(self, counter: Counter, prefix: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.counter = counter
+        self.prefix = prefix
 
     def __missing__(self, values: tuple[str | int, ...]) -> Counter:
-        child = self[values] = self.counter.labels(*(str(v) for v in values))
+        child = self[values] = self.counter.labels(*self.prefix, *(str(v) for v in values))
         return child
 
 
 class ScrapeTime:
-    """The custom collector for numbers owned elsewhere (cache, batcher, live version), read when scraped."""
+    """The custom collector for numbers owned elsewhere (cache, batcher, live version), read when scraped.
+
+    A source added for a model (several models served) has ``model="<name>"`` added to its samples, and the
+    families of the same name from every model are merged into one, as the text format wants."""
 
     def __init__(self) -> None:
-        self.sources: list[Families] = []
+        self.sources: list[tuple[str | None, Families]] = []
 
     def collect(self) -> Iterable[Metric]:
-        for source in self.sources:
-            yield from source()
+        if all(model is None for model, _ in self.sources):
+            for _, source in self.sources:
+                yield from source()
+            return
+        merged: dict[str, Metric] = {}
+        for model, source in self.sources:
+            for family in source():
+                target = merged.get(family.name)
+                if target is None:
+                    target = merged[family.name] = Metric(family.name, family.documentation, family.type)
+                extra = {"model": model} if model is not None else {}
+                target.samples.extend(sample._replace(labels={**extra, **sample.labels}) for sample in family.samples)
+        yield from merged.values()
 
 
 class _Exposed:
@@ -118,77 +134,123 @@ class _Exposed:
             yield family
 
 
-class Metrics:
-    """Every number ``/metrics`` exports, in :attr:`registry` (a new one per app unless one is given)."""
+class Instruments:
+    """The Counters and Histograms of one registry, shared by every model an app serves. With ``labelled``
+    (several models) each has the label ``model`` first; with one model none has it, so that a single-model
+    exposition is what it always was. Each model counts through its own :class:`Metrics`."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, labelled: bool = False) -> None:
         self.registry = registry = registry if registry is not None else CollectorRegistry()
+        self.labelled = labelled
+        first = ("model",) if labelled else ()
         self.requests = Counter(
             "precompute_requests_total",
             "Requests answered, by where the answer came from and HTTP status.",
-            ("source", "status"),
+            (*first, "source", "status"),
             registry=registry,
         )
         self.request_seconds = Histogram(
             "precompute_request_seconds",
             "Time to answer a request, from routing to response.",
+            first,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.store_seconds = Histogram(
             "precompute_store_read_seconds",
             "Time of one store read (a key or a batch of keys).",
+            first,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.model_seconds = Histogram(
             "precompute_model_call_seconds",
             "Time of one model call on a batch of online requests.",
+            first,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.batch_size = Histogram(
-            "precompute_batch_size", "Online requests per model call.", buckets=BATCH_BUCKETS, registry=registry
+            "precompute_batch_size", "Online requests per model call.", first, buckets=BATCH_BUCKETS, registry=registry
         )
         self.fallbacks = Counter(
-            "precompute_fallback_total", "Requests sent to the online model, by reason.", ("reason",), registry=registry
+            "precompute_fallback_total",
+            "Requests sent to the online model, by reason.",
+            (*first, "reason"),
+            registry=registry,
         )
         self.late = Counter(
             "precompute_late_total",
             "Online requests the model could not answer in time, by cause.",
-            ("cause",),
+            (*first, "cause"),
             registry=registry,
         )
         self.writebacks = Counter(
-            "precompute_writeback_total", "Online answers written back into the store.", ("outcome",), registry=registry
+            "precompute_writeback_total",
+            "Online answers written back into the store.",
+            (*first, "outcome"),
+            registry=registry,
         )
         self.auth_failures = Counter(
-            "precompute_auth_failures_total", "Requests refused for a missing or wrong token.", registry=registry
+            "precompute_auth_failures_total", "Requests refused for a missing or wrong token.", first, registry=registry
         )
         self.misses = Counter(
             "precompute_misses_total",
             "Off-grid keys answered: counted in memory, dropped (memory bound), flushed or refused (store cap).",
-            ("outcome",),
+            (*first, "outcome"),
             registry=registry,
         )
         self.miss_flush_failures = Counter(
             "precompute_misses_flush_failures_total",
             "Flushes of the counted misses the store refused.",
+            first,
             registry=registry,
         )
         self.scrape_time = ScrapeTime()
         registry.register(self.scrape_time)
-        self._requests = _Children(self.requests)
-        self._fallbacks = _Children(self.fallbacks)
-        self._late = _Children(self.late)
-        # Resolved up front: they are exported at 0 before the first write-back, and the write-back thread
-        # then only reads this dict.
-        self._writebacks = {outcome: self.writebacks.labels(outcome) for outcome in ("written", "skipped", "failed")}
-        self._misses = {
-            outcome: self.misses.labels(outcome) for outcome in ("counted", "dropped", "flushed", "refused")
-        }
         # What render() writes out; with several workers, api/workers.py puts all of theirs here.
         self.exposed: Collector = _Exposed(registry)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (:data:`CONTENT_TYPE`)."""
+        return generate_latest(self.exposed)
+
+
+class Metrics:
+    """What one model counts, into :class:`Instruments` (new ones, with their own registry, unless given;
+    ``model``: the model's name, which labels its samples when the instruments are labelled)."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, shared: Instruments | None = None, model: str = ""
+    ) -> None:
+        self.shared = shared = shared if shared is not None else Instruments(registry)
+        self.registry = shared.registry
+        self.model = model
+        self.labels = labels = {"model": model} if shared.labelled else {}
+        prefix = (model,) if shared.labelled else ()
+        self.requests = shared.requests
+        self.fallbacks = shared.fallbacks
+        self.late = shared.late
+        self.writebacks = shared.writebacks
+        self.misses = shared.misses
+        self.request_seconds = shared.request_seconds.labels(*prefix) if prefix else shared.request_seconds
+        self.store_seconds = shared.store_seconds.labels(*prefix) if prefix else shared.store_seconds
+        self.model_seconds = shared.model_seconds.labels(*prefix) if prefix else shared.model_seconds
+        self.batch_size = shared.batch_size.labels(*prefix) if prefix else shared.batch_size
+        self.auth_failures = shared.auth_failures.labels(*prefix) if prefix else shared.auth_failures
+        self.miss_flush_failures = shared.miss_flush_failures.labels(*prefix) if prefix else shared.miss_flush_failures
+        self._requests = _Children(self.requests, prefix)
+        self._fallbacks = _Children(self.fallbacks, prefix)
+        self._late = _Children(self.late, prefix)
+        # Resolved up front: they are exported at 0 before the first write-back, and the write-back thread
+        # then only reads this dict.
+        self._writebacks = {o: self.writebacks.labels(*prefix, o) for o in ("written", "skipped", "failed")}
+        self._misses = {o: self.misses.labels(*prefix, o) for o in ("counted", "dropped", "flushed", "refused")}
+        self._labelled = bool(labels)
+
+    @property
+    def scrape_time(self) -> ScrapeTime:
+        return self.shared.scrape_time
 
     # -- counting (the first one on every request) ----------------------------------------------------
 
@@ -220,31 +282,32 @@ class Metrics:
     # -- reading --------------------------------------------------------------------------------------
 
     def add_source(self, families: Families) -> None:
-        """Families read from their owner at every scrape."""
-        self.scrape_time.sources.append(families)
+        """Families read from their owner at every scrape (labelled with this model's name, with several)."""
+        self.shared.scrape_time.sources.append((self.model if self._labelled else None, families))
 
     def render(self) -> bytes:
-        """The Prometheus text exposition (:data:`CONTENT_TYPE`)."""
-        return generate_latest(self.exposed)
+        """The Prometheus text exposition (:data:`CONTENT_TYPE`) of every model."""
+        return self.shared.render()
 
     def value(self, name: str, **labels: str) -> float:
-        """One sample's value as ``/metrics`` shows it (0 when it has none yet)."""
-        value = self.registry.get_sample_value(name, labels)
+        """One of this model's samples' value as ``/metrics`` shows it (0 when it has none yet)."""
+        value = self.registry.get_sample_value(name, {**self.labels, **labels})
         return 0.0 if value is None else value
 
-    def request_counts(self) -> dict[tuple[str, int], int]:
-        """Requests so far by (source, status), for the summary log line."""
-        return {
-            (sample.labels["source"], int(sample.labels["status"])): int(sample.value)
-            for family in self.requests.collect()
-            for sample in family.samples
-            if sample.name.endswith("_total")
-        }
+    def mine(self, counter: Counter) -> Iterable[tuple[dict[str, str], float]]:
+        """This model's ``*_total`` samples of ``counter``: (labels, value)."""
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total") and (not self._labelled or sample.labels["model"] == self.model):
+                    yield sample.labels, sample.value
 
-    @staticmethod
-    def total(counter: Counter) -> int:
-        """A counter's samples summed over its labels."""
-        return int(sum(s.value for f in counter.collect() for s in f.samples if s.name.endswith("_total")))
+    def request_counts(self) -> dict[tuple[str, int], int]:
+        """This model's requests so far by (source, status), for the summary log line."""
+        return {(labels["source"], int(labels["status"])): int(value) for labels, value in self.mine(self.requests)}
+
+    def total(self, counter: Counter) -> int:
+        """This model's samples of ``counter`` summed over their labels."""
+        return int(sum(value for _, value in self.mine(counter)))
 
 
 def gauge(name: str, help: str, value: float | None = None, labels: Mapping[str, str] | None = None) -> Metric:

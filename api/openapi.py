@@ -7,10 +7,13 @@ checks every response against it.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from precompute.config import Config
 from precompute.space import Categorical, GridSpace, Range
+
+if TYPE_CHECKING:
+    from precompute.served import Served
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -189,3 +192,70 @@ def _pattern(dim: Categorical | Range) -> str:
     if isinstance(dim, Categorical):
         return "(" + "|".join(re.escape(v) for v in dim.values) + ")"
     return r"(-?[0-9]{1,3}(\.[0-9]{1,3})?)"
+
+
+def describe_served(served: Served) -> dict[str, Any]:
+    """The description of an app serving ``served``: with one model, :func:`describe` plus ``/models`` and
+    the model's ``/models/<name>/...`` paths; with several, the operations' paths, ``/models``, and each
+    model's predictions under ``/models/<name>/`` (no ``/predict``).
+
+    Each model has its own literal paths rather than one ``/models/{name}/...`` with ``name`` an enum: the
+    models' keys, features and limits differ, and a path shared by all could describe none of them."""
+    first = served.models[0]
+    description = describe(first)
+    paths: dict[str, Any] = description["paths"]
+    predictions = {path: paths.pop(path) for path in PREDICTION_PATHS}
+    kept = dict(paths)
+    paths.clear()
+    if not served.several:
+        paths.update(predictions)
+    paths.update(kept)
+    names = [config.name for config in served.models]
+    paths["/models"] = {
+        "get": {
+            "summary": "The models served, their live versions and spaces",
+            "responses": {
+                "200": {
+                    "description": "One entry per model, in the order served.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Models"}}},
+                },
+                "401": _error("Auth is on and the token is missing or wrong."),
+            },
+        }
+    }
+    for config in served.models:
+        own = predictions if config is first else {path: describe(config)["paths"][path] for path in PREDICTION_PATHS}
+        for path, operations in own.items():
+            paths[f"/models/{config.name}{path}"] = {
+                method: {**operation, "summary": f"{config.name}: {operation['summary']}", "tags": [config.name]}
+                for method, operation in operations.items()
+            }
+    description["components"]["schemas"]["Models"] = {
+        "type": "object",
+        "required": ["models"],
+        "properties": {
+            "models": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "live_version", "ready", "space", "store", "fallback", "predict"],
+                    "properties": {
+                        "name": {"type": "string", "enum": names},
+                        "live_version": {"type": "string", "nullable": True},
+                        "ready": {"type": "boolean"},
+                        "space": {"type": "object", "required": ["type"]},
+                        "store": {"type": "string"},
+                        "fallback": {"type": "string", "enum": ["off", "on", "store-down"]},
+                        "predict": {"type": "string"},
+                    },
+                },
+            }
+        },
+    }
+    if served.several:
+        description["info"]["description"] += f" Models: {', '.join(names)}."
+    return description
+
+
+#: The paths of one model's predictions in :func:`describe`.
+PREDICTION_PATHS = ("/predict/{key}", "/predict")

@@ -12,18 +12,20 @@ import math
 
 import uvicorn
 
-from precompute.api.app import create_app
+from precompute.api.app import create_served_app
 from precompute.api.logs import configure
-from precompute.config import Config
+from precompute.served import Served
 
 
-def serve(config: Config, host: str | None = None, port: int | None = None) -> None:
-    configure(config.serve.log_format)
+def serve(served: Served, host: str | None = None, port: int | None = None) -> None:
+    """Serve every model of ``served`` (one config's, or several: precompute/served.py) in this process."""
+    settings = served.serve
+    configure(settings.log_format)
     uvicorn.run(
-        create_app(config),
-        host=host or config.serve.host,
-        port=port or config.serve.port,
-        access_log=config.serve.access_log,
+        create_served_app(served),
+        host=host or settings.host,
+        port=port or settings.port,
+        access_log=settings.access_log,
         log_level="info",
-        timeout_graceful_shutdown=math.ceil(config.serve.shutdown_seconds),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_seconds),
     )

@@ -3,10 +3,11 @@
 The supervisor (the ``precompute serve`` process) binds the socket once and runs uvicorn's process manager,
 which spawns N workers, forwards SIGTERM and SIGINT to them and replaces a worker that dies. A worker gets
 its app through an import string (:func:`app`), so what the supervisor knows reaches it through the
-environment: the config file (``PRECOMPUTE_CONFIG``; each worker reads it itself, with the same environment
-overrides), the number of workers (``PRECOMPUTE_WORKERS``), and ``PROMETHEUS_MULTIPROC_DIR``, a private
-directory the supervisor creates before the first worker starts and removes when it stops. With one worker
-none of this runs: api/server.py serves in-process, as before.
+environment: the config files (``PRECOMPUTE_CONFIG``: the job configs or the serve file, precompute/served.py;
+each worker reads them itself, with the same environment overrides), the number of workers
+(``PRECOMPUTE_WORKERS``), and ``PROMETHEUS_MULTIPROC_DIR``, a private directory the supervisor creates
+before the first worker starts and removes when it stops. With one worker none of this runs: api/server.py
+serves in-process, as before.
 
 ``/metrics`` and ``/readyz`` answer for every worker, whichever one takes the request:
 
@@ -23,7 +24,8 @@ none of this runs: api/server.py serves in-process, as before.
   computed when scraped, from all workers.
 * Readiness: every period each worker writes ``ready-PID.json`` (ready or not, and when). ``/readyz`` is
   200 only when N live workers are ready (this one as it is now; each other by a file at most
-  :data:`FRESH_SECONDS` old whose pid exists), else 503 saying "1 of 2 workers ready".
+  :data:`FRESH_SECONDS` old whose pid exists), else 503 saying "1 of 2 workers ready". With several models
+  the file also says which models the worker has ready, and ``precompute_ready{model=...}`` counts those.
 
 Memory: each worker holds its own caches and, with the online fallback, its own copy of the model.
 """
@@ -47,15 +49,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import Counter, Gauge
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from precompute.api.metrics import Metrics, gauge
+from precompute.api.metrics import Instruments, gauge
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from precompute.config import Config
+    from precompute.served import Served
 
 CONFIG_ENV = "PRECOMPUTE_CONFIG"
 WORKERS_ENV = "PRECOMPUTE_WORKERS"
@@ -84,7 +86,7 @@ State = dict[str, Any]
 log = logging.getLogger("precompute.api")
 
 
-def supervise(config: Config, host: str, port: int, workers: int) -> None:
+def supervise(served: Served, host: str, port: int, workers: int) -> None:
     """Serve with ``workers`` processes until SIGTERM or SIGINT, which drain every worker; then return."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
@@ -94,17 +96,18 @@ def supervise(config: Config, host: str, port: int, workers: int) -> None:
 
     directory = tempfile.mkdtemp(prefix="precompute-metrics-")
     # Before any worker starts, hence before any of them imports prometheus_client.
-    os.environ.update({CONFIG_ENV: str(config.source), WORKERS_ENV: str(workers), METRICS_DIR_ENV: directory})
-    configure(config.serve.log_format)
+    os.environ.update({CONFIG_ENV: served.to_env(), WORKERS_ENV: str(workers), METRICS_DIR_ENV: directory})
+    serve = served.serve
+    configure(serve.log_format)
     settings = uvicorn.Config(
         f"{__name__}:app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        access_log=config.serve.access_log,
+        access_log=serve.access_log,
         log_level="info",
-        timeout_graceful_shutdown=math.ceil(config.serve.shutdown_seconds),
+        timeout_graceful_shutdown=math.ceil(serve.shutdown_seconds),
     )
     try:
         supervisor = Multiprocess(settings, sockets=[settings.bind_socket()])
@@ -117,13 +120,14 @@ def supervise(config: Config, host: str, port: int, workers: int) -> None:
 
 def app() -> Starlette:
     """One worker's app (uvicorn calls this in each worker process), from what :func:`supervise` set."""
-    from precompute.api.app import create_app
+    from precompute.api.app import create_served_app
     from precompute.api.logs import configure
-    from precompute.config import load_config
+    from precompute.served import from_env
 
-    config = load_config(os.environ[CONFIG_ENV])
-    configure(config.serve.log_format)
-    return create_app(config, workers=Workers(Path(os.environ[METRICS_DIR_ENV]), int(os.environ[WORKERS_ENV])))
+    served = from_env(os.environ[CONFIG_ENV])
+    configure(served.serve.log_format)
+    workers = Workers(Path(os.environ[METRICS_DIR_ENV]), int(os.environ[WORKERS_ENV]))
+    return create_served_app(served, workers=workers)
 
 
 def alive(pid: int) -> bool:
@@ -147,14 +151,19 @@ class Workers:
         self.parent = os.getppid()
         self.header = {"X-Worker": str(self.pid)}  # on /readyz and /metrics: which worker answered
         self._own: Callable[[], State] = lambda: {"ready": False}
+        self._models: Callable[[], dict[str, bool]] | None = None
         self._published: Published | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def bind(self, metrics: Metrics, own: Callable[[], State]) -> None:
-        """``own``: this worker's readiness state (``/readyz``'s body before :meth:`combine`)."""
+    def bind(
+        self, instruments: Instruments, own: Callable[[], State], models: Callable[[], dict[str, bool]] | None = None
+    ) -> None:
+        """``own``: this worker's readiness state (``/readyz``'s body before :meth:`combine`); ``models``:
+        with several models, which are ready in this worker."""
         self._own = own
-        self._published = Published(metrics.scrape_time.collect)
-        metrics.exposed = Exposition(self)
+        self._models = models
+        self._published = Published(instruments.scrape_time.collect)
+        instruments.exposed = Exposition(self)
 
     # -- readiness ------------------------------------------------------------------------------------
 
@@ -170,8 +179,9 @@ class Workers:
             state["error"] = f"{ready} of {self.expected} workers ready"
         return state
 
-    def ready_workers(self, own_ready: bool) -> int:
-        """Workers ready now: this one as it is, each other one by its file (fresh, its pid alive)."""
+    def ready_workers(self, own_ready: bool, model: str | None = None) -> int:
+        """Workers ready now (``model`` ready in, with several models): this one as it is, each other one by
+        its file (fresh, its pid alive)."""
         count = int(own_ready)
         now = time.time()
         for path in self.directory.glob("ready-*.json"):
@@ -180,16 +190,26 @@ class Workers:
             except (OSError, ValueError):  # removed meanwhile (its worker stopped)
                 continue
             pid = entry.get("pid")
-            if pid == self.pid or not isinstance(pid, int) or not entry.get("ready"):
+            ready = entry.get("ready") if model is None else entry.get("models", {}).get(model)
+            if pid == self.pid or not isinstance(pid, int) or not ready:
                 continue
             if now - float(entry.get("at", 0)) <= FRESH_SECONDS and alive(pid):
                 count += 1
         return count
 
+    def models_ready(self) -> dict[str, bool] | None:
+        """With several models: each one's readiness over every worker (ready in all of them), else None."""
+        if self._models is None:
+            return None
+        return {name: self.ready_workers(ready, name) == self.expected for name, ready in self._models().items()}
+
     def _write_readiness(self, ready: bool) -> None:
         path = self.directory / f"ready-{self.pid}.json"
         partial = path.with_suffix(".partial")  # written whole, then renamed: a reader never sees half
-        partial.write_text(json.dumps({"pid": self.pid, "ready": ready, "at": time.time()}))
+        entry: dict[str, Any] = {"pid": self.pid, "ready": ready, "at": time.time()}
+        if self._models is not None:
+            entry["models"] = self._models()
+        partial.write_text(json.dumps(entry))
         os.replace(partial, path)
 
     # -- publishing -----------------------------------------------------------------------------------
@@ -300,7 +320,7 @@ class Exposition:
 
     def collect(self) -> Iterable[Metric]:
         self.workers.sweep()
-        counts: dict[str, float] = {}
+        counts: dict[str | None, dict[str, float]] = {}  # by model (None: one model, no label)
         files = MultiProcessCollector(None, str(self.workers.directory))  # type: ignore[no-untyped-call]
         for family in files.collect():  # type: ignore[no-untyped-call]
             if family.name in COMPUTED:
@@ -308,14 +328,31 @@ class Exposition:
             if family.name in SHOWN_WHEN_SET:
                 family.samples = [sample for sample in family.samples if sample.value]
             if family.name in ("precompute_cache_hits", "precompute_cache_misses"):
-                counts[family.name] = sum(s.value for s in family.samples if s.name.endswith("_total"))
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        by_name = counts.setdefault(sample.labels.get("model"), {})
+                        by_name[family.name] = by_name.get(family.name, 0.0) + sample.value
             yield family
-        ready = bool(self.workers.state()["ready"])
-        yield gauge("precompute_ready", "1 when a version is live and the store answers.", int(ready))
-        if "precompute_cache_hits" in counts:
-            hits, looked = counts["precompute_cache_hits"], sum(counts.values())
-            yield gauge(
-                "precompute_cache_hit_ratio",
-                "Hot-key cache hits / lookups since start.",
-                hits / looked if looked else 0.0,
-            )
+        models = self.workers.models_ready()
+        ready: dict[str | None, float] = (
+            {None: int(bool(self.workers.state()["ready"]))}
+            if models is None
+            else {name: int(value) for name, value in models.items()}
+        )
+        yield _labelled_gauge("precompute_ready", "1 when a version is live and the store answers.", ready)
+        ratios: dict[str | None, float] = {}
+        for model, by_name in counts.items():
+            hits, looked = by_name.get("precompute_cache_hits", 0.0), sum(by_name.values())
+            ratios[model] = hits / looked if looked else 0.0
+        if ratios:
+            yield _labelled_gauge("precompute_cache_hit_ratio", "Hot-key cache hits / lookups since start.", ratios)
+
+
+def _labelled_gauge(name: str, help: str, values: dict[str | None, float]) -> Metric:
+    """One sample per model (``model="<name>"``), or one without labels for the key None."""
+    if list(values) == [None]:
+        return gauge(name, help, values[None])
+    family = GaugeMetricFamily(name, help, labels=["model"])
+    for model, value in values.items():
+        family.add_metric([str(model)], value)
+    return family

@@ -36,13 +36,14 @@ from collections.abc import Callable, Sequence
 from enum import IntEnum
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from precompute import drift
 from precompute.cluster import ClusterUnavailable
 from precompute.config import Config, ConfigError, load_config, worker_count
 from precompute.drift import DEFAULT_SAMPLE, DriftError
 from precompute.model import ModelError
+from precompute.served import Served, load_served, serve_file_schema
 from precompute.settings import document_schema
 from precompute.space import GridSpace, SpaceError
 from precompute.store import (
@@ -89,13 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "schema":  # describes the file, so it needs none
-        return _schema()
+        return _schema(args.serve_file)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)
-    handler: Callable[[argparse.Namespace, Config], int] = args.handler
+    handler: Callable[[argparse.Namespace, Any], int] = args.handler
     try:
-        config = load_config(args.config)
-        return handler(args, config)
+        if args.command == "serve":  # one model, or several (precompute/served.py)
+            return handler(args, load_served(args.config or [], args.serve_file))
+        return handler(args, load_config(args.config))
     except BaseException as exc:
         failure = _failure(exc)
         if failure is None:
@@ -144,9 +146,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
-    def command(name: str, handler: Callable[[argparse.Namespace, Config], int], help: str) -> argparse.ArgumentParser:
+    def command(name: str, handler: Callable[[argparse.Namespace, Any], int], help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--config", "-c", required=True, type=Path, help="the TOML configuration file")
+        if name == "serve":  # several models at once: --config repeated, or a serve file that lists them
+            given = p.add_mutually_exclusive_group(required=True)
+            given.add_argument(
+                "--config",
+                "-c",
+                action="append",
+                type=Path,
+                help="the TOML configuration file; repeat it to serve several models (/models/<name>/predict)",
+            )
+            given.add_argument(
+                "--serve-file",
+                type=Path,
+                help="a TOML file listing the job configs to serve (models = [...]) and the process's [serve] settings",
+            )
+        else:
+            p.add_argument("--config", "-c", required=True, type=Path, help="the TOML configuration file")
         p.add_argument("--quiet", "-q", action="store_true", help="print warnings and errors only")
         p.add_argument("--verbose", "-v", action="store_true", help="also print Ray's and TensorFlow's own logs")
         p.set_defaults(handler=handler)
@@ -212,7 +229,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output: every recorded miss")
     p.add_argument("--clear", action="store_true", help="forget every recorded miss (under the run lock)")
     about = "print the JSON Schema of the configuration file, for editors (no --config needed)"
-    sub.add_parser("schema", help=about, description=about)
+    p = sub.add_parser("schema", help=about, description=about)
+    p.add_argument("--serve-file", action="store_true", help="the schema of a serve file (serve --serve-file) instead")
     return parser
 
 
@@ -225,8 +243,8 @@ def _workers(value: str) -> int | None:
     return int(value)
 
 
-def _schema() -> int:
-    print(json.dumps(document_schema(), indent=2))
+def _schema(serve_file: bool = False) -> int:
+    print(json.dumps(serve_file_schema() if serve_file else document_schema(), indent=2))
     return Exit.OK
 
 
@@ -324,8 +342,11 @@ def _refresh(args: argparse.Namespace, config: Config) -> int:
     return Exit.OK
 
 
-def _serve(args: argparse.Namespace, config: Config) -> int:
-    host, port = args.host or config.serve.host, args.port or config.serve.port
+def _serve(args: argparse.Namespace, served: Served) -> int:
+    """Process settings (host, port, workers...) come from ``served.serve``: the serve file's, or the first
+    config's (precompute/served.py)."""
+    settings = served.serve
+    host, port = args.host or settings.host, args.port or settings.port
     busy = _cannot_listen(host, port)
     if busy:
         return _fail(
@@ -333,8 +354,8 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
             f"cannot listen on {host}:{port} ({busy}). Fix: stop what uses it, or pick "
             "another port with --port or [serve] port",
         )
-    workers = worker_count(vars(args).get("workers", config.serve.workers))
-    if config.serve.fallback != "off":
+    workers = worker_count(vars(args).get("workers", settings.workers))
+    if any(config.serve.fallback != "off" for config in served.models):
         from precompute.model import tensorflow
 
         # A ModelError (exit 3) in one line now, not a traceback from the app's start-up. With several workers
@@ -344,12 +365,12 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     if workers > 1:
         from precompute.api.workers import supervise
 
-        supervise(config, host, port, workers)  # SIGTERM drains every worker, then returns: a normal stop
+        supervise(served, host, port, workers)  # SIGTERM drains every worker, then returns: a normal stop
         return Exit.OK
     from precompute.api.server import serve
 
     with contextlib.suppress(Terminated):  # uvicorn has finished the requests in flight: a normal stop
-        serve(config, host=args.host, port=args.port)
+        serve(served, host=args.host, port=args.port)
     return Exit.OK
 
 

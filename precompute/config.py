@@ -43,6 +43,7 @@ from precompute.settings import (
     TableFormat,
     TableSpaceSection,
     VerifySection,
+    url_safe_name,
 )
 from precompute.space import Categorical, Dimension, GridSpace, Range, Space, TableSpace
 from precompute.store import StoreURL
@@ -96,14 +97,15 @@ class ModelConfig:
     signature: str = _default(ModelSection, "signature")
     outputs: tuple[str, ...] | None = _default(ModelSection, "outputs")  # None: every output of the signature
     uri: str | None = None
+    name: str | None = None  # [model] name; Config.name is the one used
 
     @classmethod
     def of(cls, section: ModelSection, base: Path) -> ModelConfig:
         outputs = tuple(section.outputs) if section.outputs else None
         if is_uri(section.path):
             fetched = cache_dir() / "fetched" / hashlib.sha256(section.path.encode()).hexdigest()[:16]
-            return cls(fetched, section.signature, outputs, uri=section.path)
-        return cls(base / section.path, section.signature, outputs)
+            return cls(fetched, section.signature, outputs, uri=section.path, name=section.name)
+        return cls(base / section.path, section.signature, outputs, name=section.name)
 
     @property
     def location(self) -> str:
@@ -320,6 +322,12 @@ class Config:
     @property
     def store_url(self) -> StoreURL:
         return StoreURL.parse(self.store.url)
+
+    @property
+    def name(self) -> str:
+        """The model's name when served (``[model] name``), by default the file's stem with anything a URL
+        would escape replaced by ``-`` (``job a.toml`` is ``job-a``)."""
+        return self.model.name or url_safe_name(self.source.stem)
 
 
 def read_document(raw: dict[str, Any]) -> ConfigFile:

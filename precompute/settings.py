@@ -14,6 +14,7 @@ number as a string, only an integer is widened to a float.
 from __future__ import annotations
 
 import difflib
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,14 @@ TABLE_FORMATS: dict[str, TableFormat] = {
     ".ndjson": "json",
 }
 SPACE_TYPE = "type"  # the field of [space] that picks the kind of space
+#: A model's name as a path segment (``/models/<name>/predict``): nothing to escape in a URL or a label.
+_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+MODEL_NAME = f"^{_MODEL_NAME}$"
+
+
+def url_safe_name(text: str) -> str:
+    """``text`` as a model name: what a URL would escape replaced by ``-`` (``job a`` is ``job-a``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text).lstrip("._-")[:64] or "model"
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,13 @@ class ModelSection(_Section):
         examples=["model", "gs://my-bucket/models/babyweight/3"],
         min_length=1,
     )
+    name: str | None = Field(
+        None,
+        json_schema_extra={"pattern": MODEL_NAME},  # checked by _name_url_safe, which words the fix
+        description="The model's name where several are served at once (/models/<name>/predict; the model label of "
+        "/metrics): letters, digits, '.', '_' and '-', at most 64. Default: the config file's name without .toml.",
+        examples=["babyweight"],
+    )
     signature: str = Field("serving_default", description="The SavedModel signature to call.")
     outputs: list[str] | None = Field(
         None,
@@ -94,6 +110,19 @@ class ModelSection(_Section):
         description="The outputs to store (numeric, one value per row). Default: every output of the signature.",
         examples=[["weight_pounds"]],
     )
+
+    @model_validator(mode="after")
+    def _name_url_safe(self) -> Self:
+        if self.name is not None and not re.fullmatch(_MODEL_NAME, self.name):
+            safe = url_safe_name(self.name)
+            raise Problems(
+                (
+                    "name",
+                    f"{self.name!r} is not URL-safe: a name is letters, digits, '.', '_' and '-', at most 64, "
+                    f'starting with a letter or digit. Fix: `name = "{safe}"`',
+                )
+            )
+        return self
 
 
 class GridFeature(_Section):

@@ -5,6 +5,7 @@ body schema)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,9 @@ from schemathesis.specs.openapi.checks import (
 from starlette.applications import Starlette
 
 from precompute.api import create_app
+from precompute.api.app import create_served_app
 from precompute.model import fingerprint
+from precompute.served import Served
 from tests.api.conftest import memory_config, publish
 from tests.precompute.conftest import EXAMPLE
 
@@ -65,6 +68,8 @@ CASES = [
     ("/healthz", "GET", GenerationMode.POSITIVE),
     ("/readyz", "GET", GenerationMode.POSITIVE),
     ("/metrics", "GET", GenerationMode.POSITIVE),
+    ("/models", "GET", GenerationMode.POSITIVE),
+    ("/models/precompute/predict/{key}", "GET", GenerationMode.POSITIVE),
 ]
 
 
@@ -74,6 +79,44 @@ def test_no_input_makes_the_api_fail(api_schema: Any, path: str, method: str, mo
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def fuzz(case: Any) -> None:
+        case.call_and_validate(checks=CHECKS)
+
+    fuzz()
+
+
+@pytest.fixture(scope="module")
+def several_schema() -> Iterator[Any]:
+    """Two models on their own stores (the fallback off: no model to load), described and fuzzed together."""
+    configs = []
+    for name in ("a", "b"):
+        config = memory_config()
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, name=name))
+        publish(config, ROWS)
+        configs.append(config)
+    served = Served(tuple(configs), configs[0].serve, tuple(config.source for config in configs))
+    yield schemathesis.openapi.from_asgi("/openapi.json", create_served_app(served))
+    from schemathesis.python import asgi
+
+    asgi.shutdown_lifespans()
+
+
+SEVERAL = [
+    ("/models/a/predict/{key}", "GET", GenerationMode.POSITIVE),
+    ("/models/b/predict/{key}", "GET", GenerationMode.NEGATIVE),
+    ("/models/a/predict", "GET", GenerationMode.POSITIVE),
+    ("/models/b/predict", "POST", GenerationMode.POSITIVE),
+    ("/models", "GET", GenerationMode.POSITIVE),
+    ("/readyz", "GET", GenerationMode.POSITIVE),
+]
+
+
+@pytest.mark.parametrize(("path", "method", "mode"), SEVERAL, ids=[f"{m} {p} {g.value}" for p, m, g in SEVERAL])
+def test_no_input_makes_several_models_fail(several_schema: Any, path: str, method: str, mode: GenerationMode) -> None:
+    operation = several_schema[path][method]
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def fuzz(case: Any) -> None:
         case.call_and_validate(checks=CHECKS)
 

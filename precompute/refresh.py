@@ -57,6 +57,8 @@ JOURNAL_SECONDS = 10.0
 KEPT_BAD = 100
 #: A consumer's entry in a version record is dropped once not updated for this long.
 FORGET_S = 7 * 24 * 3600.0
+#: The most consumers' entries a version record keeps (the least recently updated go first).
+MAX_CONSUMERS = 64
 #: Lags kept for the summary's quantiles.
 LAGS_KEPT = 100_000
 #: How often a progress line is printed.
@@ -493,10 +495,16 @@ class Targets:
         mine["into"] = {v: n for v, n in self.into.items() if v in self.building}  # runs in progress
         now_s = mine["updated_at"] = time.time()
         refresh[self.consumer] = mine
-        for name in [
-            n for n, v in refresh.items() if isinstance(v, dict) and v.get("updated_at", 0) < now_s - FORGET_S
-        ]:
-            del refresh[name]  # consumers gone for a week (a default name is new with every process)
+        # A default consumer name is new with every process (a cron job's refresh every minute): consumers gone
+        # for a week are forgotten, and beyond MAX_CONSUMERS the least recently updated, so the record (one
+        # item of the store: 400 KB on DynamoDB) stays small. A forgotten watermark only means re-reading.
+        by_age = sorted(
+            (n for n, v in refresh.items() if isinstance(v, dict)), key=lambda n: refresh[n].get("updated_at", 0)
+        )
+        for index, name in enumerate(by_age):
+            old = refresh[name].get("updated_at", 0) < now_s - FORGET_S
+            if name != self.consumer and (old or index < len(by_age) - MAX_CONSUMERS):
+                del refresh[name]
         self.backend.put_record(self.live, record.to_bytes())
         self.recorded_at = now
 

@@ -29,7 +29,7 @@ from precompute.adapters import open_backend
 from precompute.cli import main
 from precompute.config import Config, load_config
 from precompute.model import Model, fingerprint
-from precompute.refresh import Hooks, RefreshMetrics, RefreshRefused, refresh
+from precompute.refresh import FORGET_S, MAX_CONSUMERS, Hooks, RefreshMetrics, RefreshRefused, refresh
 from precompute.store import State, Versions
 from tests.precompute.conftest import EXAMPLE, EXAMPLE_CONFIG, ROOT
 from tests.servers import free_port
@@ -128,6 +128,31 @@ def test_a_jsonl_file_is_scored_into_the_live_version_bad_lines_reported_and_a_r
 
     again = refresh(config, str(tmp_path / "changes.jsonl"))  # the same file: resumed after line 7
     assert (again.resumed_from, again.records) == (7, 0)
+
+
+def test_the_record_keeps_a_bounded_number_of_consumers(tmp_path: Path) -> None:
+    """A default consumer name is new with every process: a refresh run by cron every minute must not grow
+    the live version's record without end."""
+    config = table_config(tmp_path)
+    live = publish_live(config, ["p-1"])
+    backend = open_backend(config.store_url)
+    versions = Versions(backend)
+    record = versions.get(live)
+    now = time.time()
+    record.meta["refresh"] = {f"host-{i}": {"written": 1, "updated_at": now - i} for i in range(MAX_CONSUMERS + 5)}
+    record.meta["refresh"]["gone"] = {"written": 1, "updated_at": now - FORGET_S - 1}
+    backend.put_record(live, record.to_bytes())
+    (tmp_path / "changes.jsonl").write_text(json.dumps(changed("p-1")) + "\n")
+
+    refresh(config, str(tmp_path / "changes.jsonl"))
+
+    kept = versions.get(live).meta["refresh"]
+    backend.close()
+    assert len(kept) == MAX_CONSUMERS
+    assert "gone" not in kept
+    assert "host-0" in kept  # the most recently updated stay
+    assert f"host-{MAX_CONSUMERS + 4}" not in kept
+    assert sum(1 for name in kept if not name.startswith("host-")) == 1  # this process's own entry
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])

@@ -24,6 +24,7 @@ CORE = {
     "model",
     "values",
     "drift",
+    "served",
 }  # used by batch side and API
 BATCH = {"run", "scoring", "sink", "plan", "cluster", "shipping", "report", "misses", "refresh", "sources"}
 # What each layer may import from the project, by first name under precompute.

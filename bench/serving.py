@@ -4,7 +4,7 @@ a ratio; each is the median of --runs runs.
 
     python bench/serving.py [--config examples/babyweight/precompute.toml] [--store URL] [--runs 3]
                             [--seconds 5] [--only storm,concurrent,cache,batch,metrics,policy,workers]
-                            [--against DIR]
+                            [--against DIR] [--heavy]
 
 Needs `wrk` (Debian package `wrk`) and a published version in the store (`precompute run` first). With
 `redis-server` on the PATH, the cache figures are also taken on Redis (the live version is copied into a
@@ -12,10 +12,13 @@ throwaway server on a free port). Servers are `precompute serve` processes (acce
 on generated copies of the config that differ only in `[serve]` (and, for the heavy model, `[model]`).
 
 Sections:
-  storm       wrk, 64 connections, every request a distinct key off the grid: fallback on, cache off;
-              batching (adaptive, up to 256) against one request per model call (batch_max_size = 1).
-              Two models: the babyweight example (~0.4 ms a call, flat in batch size) and a heavier
-              dense model built here (4 x 2048-wide layers: a call at batch 1 costs milliseconds).
+  storm       wrk, 64 connections, every miss request a distinct key off the grid (fallback on, the default
+              200 ms deadline: a late answer is a 503, counted as non-2xx), in the same rounds as hits
+              (grid keys: the hot cache on, and the store read with it off), so the storm's rate is printed
+              as a ratio to the hit rate of the same rounds; batching (adaptive, up to 256) and one request
+              per model call (batch_max_size = 1). The babyweight example (~0.3 ms a call, flat in batch
+              size) and with --heavy a dense model built here (4 x 2048-wide layers). With --against DIR,
+              that revision's server takes the same turns.
   concurrent  N requests sent at once (one connection each) and the model calls they cost.
   cache       hits only, keys drawn from Zipf(1.1) over the whole grid: hot cache on, small, off.
   batch       POST /predict with 1,000 distinct keys against single-key GETs, 32 connections each: keys/s,
@@ -409,35 +412,90 @@ def off_grid_keys(space: GridSpace, n: int) -> list[str]:
 # -- sections -------------------------------------------------------------------------------------
 
 
+def ranged(runs: list[dict[str, float]], field: str, fmt: str = ",.0f") -> str:
+    """The median of ``field`` over runs with its range: ``4,714 (3,902-5,110)``."""
+    values = [r[field] for r in runs]
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def paired_spread(
+    results: dict[tuple[str, int], list[dict[str, float]]], name: str, base: str, c: int, field: str = "rps"
+) -> str:
+    """:func:`paired` with the range of the per-round ratios."""
+    pairs = [a[field] / b[field] if b[field] else float("inf") for a, b in zip(results[(name, c)], results[(base, c)])]
+    return f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
+
+
+STORM_CONNECTIONS = 64
+
+
 def storm(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path) -> None:
-    script = key_script(tmp, "offgrid", off_grid_keys(space, 60_000))
-    common = {**HIT_SERVE, "fallback": "on", "deadline_ms": 2000.0, "batch_target_ms": 100.0}
-    models: list[tuple[str, Path | None]] = [("babyweight", None), ("dense 4x2048", heavy_model(tmp / "heavy"))]
-    modes = {
-        "batched (aimd, <=256)": {"batch_max_size": 256, "batch_policy": "aimd"},
-        "one at a time": {"batch_max_size": 1, "batch_policy": "fixed"},
+    """A miss storm next to hits on the same runs: every miss request a distinct key off the grid (each one
+    goes to the model), the default 200 ms deadline (a late answer is a 503, counted in "non-2xx"); hits
+    are grid keys read from the store (cache off) and answered by the hot cache (cache on)."""
+    misses = key_script(tmp, "offgrid", off_grid_keys(space, 200_000))
+    hits = key_script(tmp, "hits", [space.key_for_id(i * 7919 % space.size) for i in range(2000)])
+    c = STORM_CONNECTIONS
+    common = {**HIT_SERVE, "fallback": "on", "deadline_ms": 200.0, "batch_target_ms": 50.0}
+    batched = {"batch_max_size": 256, "batch_policy": "aimd"}
+    models: list[tuple[str, Path | None]] = [("babyweight", None)]
+    if args.heavy:
+        models.append(("dense 4x2048", heavy_model(tmp / "heavy")))
+    # variant -> (server, script)
+    variants: dict[str, tuple[str, Path]] = {
+        "hit, cache on": ("cache on", hits),
+        "hit, store (cache off)": ("batched", hits),
+        "miss storm, batched": ("batched", misses),
+        "miss storm, one at a time": ("one at a time", misses),
     }
-    base = "one at a time"
+    configs = {
+        "cache on": {**common, **batched, "cache_bytes": 64 * 1024 * 1024},
+        "batched": {**common, **batched},
+        "one at a time": {**common, "batch_max_size": 1, "batch_policy": "fixed"},
+    }
+    roots: dict[str, Path] = {}
+    if args.against is not None:
+        variants["against: miss storm, batched"] = ("against", misses)
+        variants["against: hit, cache on"] = ("against cache on", hits)
+        configs["against"] = configs["batched"]
+        configs["against cache on"] = configs["cache on"]
+        roots = {"against": args.against.resolve(), "against cache on": args.against.resolve()}
 
     def measure(name: str, port: int, connections: int) -> dict[str, float]:
         before = scrape(port)
-        result = wrk(port, script, connections, args.seconds)
+        result = wrk(port, variants[name][1], connections, args.seconds)
         after = scrape(port)
         calls = after["precompute_model_calls_total"] - before["precompute_model_calls_total"]
         result["calls_per_request"] = calls / max(result["requests"], 1)
         return result
 
-    print(f"\n== miss storm: wrk 64 connections, every request a distinct off-grid key, {args.runs} x {args.seconds}s")
-    print(f"{'model':<14} {'mode':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'calls/req':>9} {'errors':>7} x base")
+    print(
+        f"\n== miss storm: wrk {c} connections, every miss a distinct off-grid key, deadline 200 ms, next to hits "
+        f"in the same rounds; {args.runs} x {args.seconds}s, medians (range)"
+    )
+    print(
+        f"{'model':<13} {'variant':<30} {'req/s (range)':>24} {'p50 ms':>7} {'p99 ms (range)':>22} {'calls/req':>9} "
+        f"{'non-2xx':>8}  {'x cache hit':>18}  {'x store hit':>18}"
+    )
     for model_name, model in models:
-        paths = {mode: write_config(args.config, tmp, {**common, **serve}, model) for mode, serve in modes.items()}
-        with servers(paths, args.store) as ports:
-            results = interleaved(ports, (64,), args.runs, measure)
-        for mode in modes:
-            row = {f: median(results[(mode, 64)], f) for f in ("rps", "p50", "p99", "calls_per_request", "errors")}
+        paths = {server: write_config(args.config, tmp, serve, model) for server, serve in configs.items()}
+        with servers(paths, args.store, roots) as by_server:
+            ports = {name: by_server[server] for name, (server, _) in variants.items()}
+            results = interleaved(ports, (c,), args.runs, measure)
+        for name in variants:
+            runs = results[(name, c)]
+            hit = "against: hit, cache on" if name.startswith("against") else "hit, cache on"
+            store_hit = "" if name.startswith("against") else paired_spread(results, name, "hit, store (cache off)", c)
             print(
-                f"{model_name:<14} {mode:<22} {row['rps']:>8,.0f} {row['p50']:>8.2f} {row['p99']:>8.2f} "
-                f"{row['calls_per_request']:>9.3f} {row['errors']:>7.0f} {paired(results, mode, base, 64):>5.1f}x"
+                f"{model_name:<13} {name:<30} {ranged(runs, 'rps'):>24} {median(runs, 'p50'):>7.2f} "
+                f"{ranged(runs, 'p99', '.1f'):>22} {median(runs, 'calls_per_request'):>9.3f} "
+                f"{median(runs, 'errors'):>8.0f}  {paired_spread(results, name, hit, c):>18}  {store_hit:>18}"
+            )
+        if args.against is not None:
+            print(
+                f"   this revision / against, miss storm: "
+                f"{paired_spread(results, 'miss storm, batched', 'against: miss storm, batched', c)} the req/s, "
+                f"{paired_spread(results, 'miss storm, batched', 'against: miss storm, batched', c, 'p99')} the p99"
             )
 
 
@@ -984,8 +1042,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--only", default="storm,concurrent,cache,batch,metrics,policy")
     parser.add_argument(
-        "--against", type=Path, help="metrics, batch: also run the server of this checkout (another revision)"
+        "--against", type=Path, help="storm, metrics, batch: also run the server of this checkout (another revision)"
     )
+    parser.add_argument("--heavy", action="store_true", help="storm: also the dense 4x2048 model (slow to build)")
     args = parser.parse_args()
     sections = set(args.only.split(","))
     if sections - {"policy", "metrics-in-process"} and not shutil.which("wrk"):

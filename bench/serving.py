@@ -422,7 +422,10 @@ def paired_spread(
     results: dict[tuple[str, int], list[dict[str, float]]], name: str, base: str, c: int, field: str = "rps"
 ) -> str:
     """:func:`paired` with the range of the per-round ratios."""
-    pairs = [a[field] / b[field] if b[field] else float("inf") for a, b in zip(results[(name, c)], results[(base, c)])]
+    pairs = [
+        a[field] / b[field] if b[field] else float("inf")
+        for a, b in zip(results[(name, c)], results[(base, c)], strict=True)
+    ]
     return f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
 
 
@@ -683,8 +686,8 @@ def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
         if args.against is not None:
             print(f"   against: the server of {args.against}")
         print(
-            f"{'store':<7} {'variant':<26} {'req/s':>8} {'keys/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
-            f"{'timeouts':>8} {'CPU us/key':>10} {'x GET off':>9} {'x GET on':>8}"
+            f"{'store':<7} {'variant':<26} {'req/s':>8} {'keys/s (range)':>26} {'p50 ms':>8} {'p99 ms (range)':>22} "
+            f"{'errors':>6} {'timeouts':>8} {'CPU us/key':>10} {'x GET off (range)':>18} {'x GET on':>8}"
         )
         for store_name, url in stores:
             assert url is not None
@@ -696,11 +699,13 @@ def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
                 row = {f: median(results[(name, c)], f) for f in ("rps", "keys", "p50", "p99", "errors", "timeouts")}
                 cpu = median(results[(name, c)], "cpu_us")
                 base = "against: GET, cache off" if name.startswith("against") else "GET, cache off"
-                off = paired(results, name, base, c, "keys")
+                runs = results[(name, c)]
+                off = paired_spread(results, name, base, c, "keys")
                 on = f"{paired(results, name, 'GET, cache on', c, 'keys'):>7.1f}x"
                 print(
-                    f"{store_name:<7} {name:<26} {row['rps']:>8,.0f} {row['keys']:>9,.0f} {row['p50']:>8.2f} "
-                    f"{row['p99']:>8.1f} {row['errors']:>6.0f} {row['timeouts']:>8.0f} {cpu:>10.2f} {off:>8.1f}x {on}"
+                    f"{store_name:<7} {name:<26} {row['rps']:>8,.0f} {ranged(runs, 'keys'):>26} {row['p50']:>8.2f} "
+                    f"{ranged(runs, 'p99', '.1f'):>22} {row['errors']:>6.0f} {row['timeouts']:>8.0f} {cpu:>10.2f} "
+                    f"{off:>18} {on}"
                 )
             if args.against is not None:
                 name = f"POST {n:,} keys"

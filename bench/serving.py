@@ -553,9 +553,6 @@ def redis_copy(config: Config, space: GridSpace, tmp: Path) -> Iterator[str | No
     if binary is None:
         yield None
         return
-    from precompute.adapters import open_backend
-    from precompute.store import Versions
-    from precompute.store.codec import encode_key
 
     port = free_port()
     proc = subprocess.Popen(
@@ -566,20 +563,64 @@ def redis_copy(config: Config, space: GridSpace, tmp: Path) -> Iterator[str | No
     try:
         url = f"redis://127.0.0.1:{port}/0"
         wait_for_port(port, proc, timeout=10)
-        source = open_backend(config.store_url)
-        live = source.get_alias()
-        assert live is not None, "nothing is published in the store"
-        keys = [encode_key(space.key_for_id(i)) for i in range(space.size)]
-        values = source.read(live, keys)
-        target = Versions(open_backend(url))
-        record = target.begin({"copied_from": live})
-        target.backend.write(record.version, [(k, v) for k, v in zip(keys, values, strict=True) if v is not None])
-        target.mark_ready(record, len(keys))
-        target.publish(record)
+        copy_live(config, space, url)
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def copy_live(config: Config, space: GridSpace, url: str) -> None:
+    """The live version of the config's store copied into the store at ``url`` and published there."""
+    from precompute.adapters import open_backend
+    from precompute.store import Versions
+    from precompute.store.codec import encode_key
+
+    source = open_backend(config.store_url)
+    live = source.get_alias()
+    assert live is not None, "nothing is published in the store"
+    keys = [encode_key(space.key_for_id(i)) for i in range(space.size)]
+    values = source.read(live, keys)
+    target = Versions(open_backend(url))
+    record = target.begin({"copied_from": live})
+    target.backend.write(record.version, [(k, v) for k, v in zip(keys, values, strict=True) if v is not None])
+    target.mark_ready(record, len(keys))
+    target.publish(record)
+
+
+@contextmanager
+def emulator_copy(name: str, config: Config, space: GridSpace) -> Iterator[str | None]:
+    """The live version copied into a throwaway Bigtable emulator or DynamoDB Local (the servers the tests
+    start, tests/servers/), or None where that server is not installed."""
+    from tests.servers import stop
+
+    port = free_port()
+    if name == "bigtable":
+        from tests.servers.bigtable import INSTANCE, PROJECT, find_emulator
+
+        binary = find_emulator()
+        if binary is None:
+            yield None
+            return
+        cmd, cwd = [binary, "-host", "127.0.0.1", "-port", str(port)], None
+        url = f"bigtable://{PROJECT}/{INSTANCE}/bench?emulator=127.0.0.1:{port}"
+    else:
+        from tests.servers.dynamodb import local_dir, store_url
+
+        folder, java = local_dir(), shutil.which("java")
+        if java is None or not (folder / "DynamoDBLocal.jar").exists():
+            yield None
+            return
+        jar = ["-Xmx1g", "-Djava.library.path=DynamoDBLocal_lib", "-jar", "DynamoDBLocal.jar", "-inMemory"]
+        cmd, cwd = [java, *jar, "-sharedDb", "-disableTelemetry", "-port", str(port)], folder
+        url = store_url("bench", f"http://127.0.0.1:{port}")
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc, timeout=90)
+        copy_live(config, space, url)
+        yield url
+    finally:
+        stop(proc)
 
 
 def cache(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path) -> None:
@@ -599,11 +640,21 @@ def cache(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
         result["hit_ratio"] = hits / (hits + misses) if hits + misses else 0.0
         return result
 
-    with redis_copy(config, space, tmp) as redis_url:
-        stores = [("sqlite", args.store)] + ([("redis", redis_url)] if redis_url else [])
+    wanted = args.stores.split(",")
+    with ExitStack() as stack:
+        redis_url = stack.enter_context(redis_copy(config, space, tmp)) if "redis" in wanted else None
+        stores = [("sqlite", args.store)] if "sqlite" in wanted else []
+        stores += [("redis", redis_url)] if redis_url else []
+        for emulated in ("bigtable", "dynamodb"):
+            if emulated in wanted:
+                url = stack.enter_context(emulator_copy(emulated, config, space))
+                if url is None:
+                    print(f"   ({emulated}: its local server is not installed, skipped)")
+                else:
+                    stores.append((emulated, url))
         print(f"\n== hot-key cache: hits only, Zipf(1.1) over {space.size:,} keys, {args.runs} x {args.seconds}s")
-        if redis_url is None:
-            print("   (redis-server not found: SQLite only)")
+        if "redis" in wanted and redis_url is None:
+            print("   (redis-server not found: no Redis rows)")
         print(
             f"{'store':<7} {'cache':<20} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'hit ratio':>9} x off"
         )
@@ -675,14 +726,24 @@ def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
         result["cpu_us"] = (cpu_seconds(PIDS[port]) - before) / max(result["requests"] * keys, 1) * 1e6
         return result
 
-    with redis_copy(config, space, tmp) as redis_url:
-        stores = [("sqlite", args.store)] + ([("redis", redis_url)] if redis_url else [])
+    wanted = args.stores.split(",")
+    with ExitStack() as stack:
+        redis_url = stack.enter_context(redis_copy(config, space, tmp)) if "redis" in wanted else None
+        stores = [("sqlite", args.store)] if "sqlite" in wanted else []
+        stores += [("redis", redis_url)] if redis_url else []
+        for emulated in ("bigtable", "dynamodb"):
+            if emulated in wanted:
+                url = stack.enter_context(emulator_copy(emulated, config, space))
+                if url is None:
+                    print(f"   ({emulated}: its local server is not installed, skipped)")
+                else:
+                    stores.append((emulated, url))
         print(
             f"\n== batch lookups: POST /predict with {n:,} distinct keys against single-key GETs, {c} connections, "
             f"{args.runs} x {args.seconds}s"
         )
-        if redis_url is None:
-            print("   (redis-server not found: SQLite only)")
+        if "redis" in wanted and redis_url is None:
+            print("   (redis-server not found: no Redis rows)")
         if args.against is not None:
             print(f"   against: the server of {args.against}")
         print(
@@ -1048,6 +1109,12 @@ def main() -> None:
     parser.add_argument("--only", default="storm,concurrent,cache,batch,metrics,policy")
     parser.add_argument(
         "--against", type=Path, help="storm, metrics, batch: also run the server of this checkout (another revision)"
+    )
+    parser.add_argument(
+        "--stores",
+        default="sqlite,redis",
+        help="batch: among sqlite,redis,bigtable,dynamodb (the last two on the Bigtable emulator and DynamoDB "
+        "Local, started here like the tests' servers, with the live version copied in)",
     )
     parser.add_argument("--heavy", action="store_true", help="storm: also the dense 4x2048 model (slow to build)")
     args = parser.parse_args()

@@ -223,7 +223,7 @@ class Lookup:
     ) -> tuple[bytes, str]:
         assert self.answers is not None
         self.metrics.fallback(reason)
-        (scored,) = await self.answers.scored([(key, decoded)], version, started)
+        scored = await self.answers.one(key, decoded, version, started)
         if isinstance(scored, str):
             return self.answers.late(key, scored)
         if scored.value is None:

@@ -63,6 +63,41 @@ class OnlineAnswers:
                 log.error("the online model failed", exc_info=exc)
         return outcome
 
+    async def one(self, key: str, decoded: Decoded, version: str | None, started: float) -> Scored | str:
+        """:meth:`scored` for a single request (``GET /predict``): the same outcomes, with one future and one
+        timer instead of ``asyncio.wait``'s waiter, callbacks and sets. A miss storm runs this once per
+        request on the event loop, which it shares with the HTTP parsing of every other request."""
+        from precompute.api.batching import Overloaded, TooLate
+        from precompute.api.fallback import Online
+
+        remaining = self.deadline - (time.perf_counter() - started)
+        try:
+            future = self.batcher.submit(Online(key, decoded.features, version), remaining)
+        except Overloaded:
+            self.metrics.late_answer("overloaded")
+            return "overloaded"
+        timer = asyncio.get_running_loop().call_later(max(remaining, 0.0), _expire, future)
+        try:
+            return await future
+        except Expired:
+            cause = "deadline"
+        except TooLate:
+            cause = "deadline"
+        except Overloaded:
+            cause = "overloaded"
+        except asyncio.CancelledError:
+            future.cancel()  # the client went away: the batcher skips it if it is still queued
+            raise
+        except Exception as exc:
+            cause = "model_error"
+            if time.monotonic() - self._last_error > 60:  # one traceback a minute
+                self._last_error = time.monotonic()
+                log.error("the online model failed", exc_info=exc)
+        finally:
+            timer.cancel()
+        self.metrics.late_answer(cause)
+        return cause
+
     def message(self, cause: str) -> str:
         if cause == "deadline":
             return f"the model did not answer within the {self.deadline_ms:g} ms deadline"
@@ -85,3 +120,12 @@ class OnlineAnswers:
         if scored.value is None:
             return batch_error({"key": key, "error": NON_FINITE, "status": 422})
         return batch_item(key, scored.value, b"online", scored.model_version)
+
+
+class Expired(Exception):
+    """Set on a request's future when its deadline passes first; the batcher skips a future already done."""
+
+
+def _expire(future: asyncio.Future[Scored]) -> None:
+    if not future.done():
+        future.set_exception(Expired())

@@ -4,7 +4,7 @@ a ratio; each is the median of --runs runs.
 
     python bench/serving.py [--config examples/babyweight/precompute.toml] [--store URL] [--runs 3]
                             [--seconds 5] [--only storm,concurrent,cache,batch,metrics,policy,workers]
-                            [--against DIR]
+                            [--against DIR] [--heavy]
 
 Needs `wrk` (Debian package `wrk`) and a published version in the store (`precompute run` first). With
 `redis-server` on the PATH, the cache figures are also taken on Redis (the live version is copied into a
@@ -12,10 +12,13 @@ throwaway server on a free port). Servers are `precompute serve` processes (acce
 on generated copies of the config that differ only in `[serve]` (and, for the heavy model, `[model]`).
 
 Sections:
-  storm       wrk, 64 connections, every request a distinct key off the grid: fallback on, cache off;
-              batching (adaptive, up to 256) against one request per model call (batch_max_size = 1).
-              Two models: the babyweight example (~0.4 ms a call, flat in batch size) and a heavier
-              dense model built here (4 x 2048-wide layers: a call at batch 1 costs milliseconds).
+  storm       wrk, 64 connections, every miss request a distinct key off the grid (fallback on, the default
+              200 ms deadline: a late answer is a 503, counted as non-2xx), in the same rounds as hits
+              (grid keys: the hot cache on, and the store read with it off), so the storm's rate is printed
+              as a ratio to the hit rate of the same rounds; batching (adaptive, up to 256) and one request
+              per model call (batch_max_size = 1). The babyweight example (~0.3 ms a call, flat in batch
+              size) and with --heavy a dense model built here (4 x 2048-wide layers). With --against DIR,
+              that revision's server takes the same turns.
   concurrent  N requests sent at once (one connection each) and the model calls they cost.
   cache       hits only, keys drawn from Zipf(1.1) over the whole grid: hot cache on, small, off.
   batch       POST /predict with 1,000 distinct keys against single-key GETs, 32 connections each: keys/s,
@@ -409,35 +412,93 @@ def off_grid_keys(space: GridSpace, n: int) -> list[str]:
 # -- sections -------------------------------------------------------------------------------------
 
 
+def ranged(runs: list[dict[str, float]], field: str, fmt: str = ",.0f") -> str:
+    """The median of ``field`` over runs with its range: ``4,714 (3,902-5,110)``."""
+    values = [r[field] for r in runs]
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def paired_spread(
+    results: dict[tuple[str, int], list[dict[str, float]]], name: str, base: str, c: int, field: str = "rps"
+) -> str:
+    """:func:`paired` with the range of the per-round ratios."""
+    pairs = [
+        a[field] / b[field] if b[field] else float("inf")
+        for a, b in zip(results[(name, c)], results[(base, c)], strict=True)
+    ]
+    return f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
+
+
+STORM_CONNECTIONS = 64
+
+
 def storm(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path) -> None:
-    script = key_script(tmp, "offgrid", off_grid_keys(space, 60_000))
-    common = {**HIT_SERVE, "fallback": "on", "deadline_ms": 2000.0, "batch_target_ms": 100.0}
-    models: list[tuple[str, Path | None]] = [("babyweight", None), ("dense 4x2048", heavy_model(tmp / "heavy"))]
-    modes = {
-        "batched (aimd, <=256)": {"batch_max_size": 256, "batch_policy": "aimd"},
-        "one at a time": {"batch_max_size": 1, "batch_policy": "fixed"},
+    """A miss storm next to hits on the same runs: every miss request a distinct key off the grid (each one
+    goes to the model), the default 200 ms deadline (a late answer is a 503, counted in "non-2xx"); hits
+    are grid keys read from the store (cache off) and answered by the hot cache (cache on)."""
+    misses = key_script(tmp, "offgrid", off_grid_keys(space, 200_000))
+    hits = key_script(tmp, "hits", [space.key_for_id(i * 7919 % space.size) for i in range(2000)])
+    c = STORM_CONNECTIONS
+    common = {**HIT_SERVE, "fallback": "on", "deadline_ms": 200.0, "batch_target_ms": 50.0}
+    batched = {"batch_max_size": 256, "batch_policy": "aimd"}
+    models: list[tuple[str, Path | None]] = [("babyweight", None)]
+    if args.heavy:
+        models.append(("dense 4x2048", heavy_model(tmp / "heavy")))
+    # variant -> (server, script)
+    variants: dict[str, tuple[str, Path]] = {
+        "hit, cache on": ("cache on", hits),
+        "hit, store (cache off)": ("batched", hits),
+        "miss storm, batched": ("batched", misses),
+        "miss storm, one at a time": ("one at a time", misses),
     }
-    base = "one at a time"
+    configs = {
+        "cache on": {**common, **batched, "cache_bytes": 64 * 1024 * 1024},
+        "batched": {**common, **batched},
+        "one at a time": {**common, "batch_max_size": 1, "batch_policy": "fixed"},
+    }
+    roots: dict[str, Path] = {}
+    if args.against is not None:
+        variants["against: miss storm, batched"] = ("against", misses)
+        variants["against: hit, cache on"] = ("against cache on", hits)
+        configs["against"] = configs["batched"]
+        configs["against cache on"] = configs["cache on"]
+        roots = {"against": args.against.resolve(), "against cache on": args.against.resolve()}
 
     def measure(name: str, port: int, connections: int) -> dict[str, float]:
         before = scrape(port)
-        result = wrk(port, script, connections, args.seconds)
+        result = wrk(port, variants[name][1], connections, args.seconds)
         after = scrape(port)
         calls = after["precompute_model_calls_total"] - before["precompute_model_calls_total"]
         result["calls_per_request"] = calls / max(result["requests"], 1)
         return result
 
-    print(f"\n== miss storm: wrk 64 connections, every request a distinct off-grid key, {args.runs} x {args.seconds}s")
-    print(f"{'model':<14} {'mode':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'calls/req':>9} {'errors':>7} x base")
+    print(
+        f"\n== miss storm: wrk {c} connections, every miss a distinct off-grid key, deadline 200 ms, next to hits "
+        f"in the same rounds; {args.runs} x {args.seconds}s, medians (range)"
+    )
+    print(
+        f"{'model':<13} {'variant':<30} {'req/s (range)':>24} {'p50 ms':>7} {'p99 ms (range)':>22} {'calls/req':>9} "
+        f"{'non-2xx':>8}  {'x cache hit':>18}  {'x store hit':>18}"
+    )
     for model_name, model in models:
-        paths = {mode: write_config(args.config, tmp, {**common, **serve}, model) for mode, serve in modes.items()}
-        with servers(paths, args.store) as ports:
-            results = interleaved(ports, (64,), args.runs, measure)
-        for mode in modes:
-            row = {f: median(results[(mode, 64)], f) for f in ("rps", "p50", "p99", "calls_per_request", "errors")}
+        paths = {server: write_config(args.config, tmp, serve, model) for server, serve in configs.items()}
+        with servers(paths, args.store, roots) as by_server:
+            ports = {name: by_server[server] for name, (server, _) in variants.items()}
+            results = interleaved(ports, (c,), args.runs, measure)
+        for name in variants:
+            runs = results[(name, c)]
+            hit = "against: hit, cache on" if name.startswith("against") else "hit, cache on"
+            store_hit = "" if name.startswith("against") else paired_spread(results, name, "hit, store (cache off)", c)
             print(
-                f"{model_name:<14} {mode:<22} {row['rps']:>8,.0f} {row['p50']:>8.2f} {row['p99']:>8.2f} "
-                f"{row['calls_per_request']:>9.3f} {row['errors']:>7.0f} {paired(results, mode, base, 64):>5.1f}x"
+                f"{model_name:<13} {name:<30} {ranged(runs, 'rps'):>24} {median(runs, 'p50'):>7.2f} "
+                f"{ranged(runs, 'p99', '.1f'):>22} {median(runs, 'calls_per_request'):>9.3f} "
+                f"{median(runs, 'errors'):>8.0f}  {paired_spread(results, name, hit, c):>18}  {store_hit:>18}"
+            )
+        if args.against is not None:
+            print(
+                f"   this revision / against, miss storm: "
+                f"{paired_spread(results, 'miss storm, batched', 'against: miss storm, batched', c)} the req/s, "
+                f"{paired_spread(results, 'miss storm, batched', 'against: miss storm, batched', c, 'p99')} the p99"
             )
 
 
@@ -492,9 +553,6 @@ def redis_copy(config: Config, space: GridSpace, tmp: Path) -> Iterator[str | No
     if binary is None:
         yield None
         return
-    from precompute.adapters import open_backend
-    from precompute.store import Versions
-    from precompute.store.codec import encode_key
 
     port = free_port()
     proc = subprocess.Popen(
@@ -505,20 +563,64 @@ def redis_copy(config: Config, space: GridSpace, tmp: Path) -> Iterator[str | No
     try:
         url = f"redis://127.0.0.1:{port}/0"
         wait_for_port(port, proc, timeout=10)
-        source = open_backend(config.store_url)
-        live = source.get_alias()
-        assert live is not None, "nothing is published in the store"
-        keys = [encode_key(space.key_for_id(i)) for i in range(space.size)]
-        values = source.read(live, keys)
-        target = Versions(open_backend(url))
-        record = target.begin({"copied_from": live})
-        target.backend.write(record.version, [(k, v) for k, v in zip(keys, values, strict=True) if v is not None])
-        target.mark_ready(record, len(keys))
-        target.publish(record)
+        copy_live(config, space, url)
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def copy_live(config: Config, space: GridSpace, url: str) -> None:
+    """The live version of the config's store copied into the store at ``url`` and published there."""
+    from precompute.adapters import open_backend
+    from precompute.store import Versions
+    from precompute.store.codec import encode_key
+
+    source = open_backend(config.store_url)
+    live = source.get_alias()
+    assert live is not None, "nothing is published in the store"
+    keys = [encode_key(space.key_for_id(i)) for i in range(space.size)]
+    values = source.read(live, keys)
+    target = Versions(open_backend(url))
+    record = target.begin({"copied_from": live})
+    target.backend.write(record.version, [(k, v) for k, v in zip(keys, values, strict=True) if v is not None])
+    target.mark_ready(record, len(keys))
+    target.publish(record)
+
+
+@contextmanager
+def emulator_copy(name: str, config: Config, space: GridSpace) -> Iterator[str | None]:
+    """The live version copied into a throwaway Bigtable emulator or DynamoDB Local (the servers the tests
+    start, tests/servers/), or None where that server is not installed."""
+    from tests.servers import stop
+
+    port = free_port()
+    if name == "bigtable":
+        from tests.servers.bigtable import INSTANCE, PROJECT, find_emulator
+
+        binary = find_emulator()
+        if binary is None:
+            yield None
+            return
+        cmd, cwd = [binary, "-host", "127.0.0.1", "-port", str(port)], None
+        url = f"bigtable://{PROJECT}/{INSTANCE}/bench?emulator=127.0.0.1:{port}"
+    else:
+        from tests.servers.dynamodb import local_dir, store_url
+
+        folder, java = local_dir(), shutil.which("java")
+        if java is None or not (folder / "DynamoDBLocal.jar").exists():
+            yield None
+            return
+        jar = ["-Xmx1g", "-Djava.library.path=DynamoDBLocal_lib", "-jar", "DynamoDBLocal.jar", "-inMemory"]
+        cmd, cwd = [java, *jar, "-sharedDb", "-disableTelemetry", "-port", str(port)], folder
+        url = store_url("bench", f"http://127.0.0.1:{port}")
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc, timeout=90)
+        copy_live(config, space, url)
+        yield url
+    finally:
+        stop(proc)
 
 
 def cache(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path) -> None:
@@ -538,11 +640,21 @@ def cache(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
         result["hit_ratio"] = hits / (hits + misses) if hits + misses else 0.0
         return result
 
-    with redis_copy(config, space, tmp) as redis_url:
-        stores = [("sqlite", args.store)] + ([("redis", redis_url)] if redis_url else [])
+    wanted = args.stores.split(",")
+    with ExitStack() as stack:
+        redis_url = stack.enter_context(redis_copy(config, space, tmp)) if "redis" in wanted else None
+        stores = [("sqlite", args.store)] if "sqlite" in wanted else []
+        stores += [("redis", redis_url)] if redis_url else []
+        for emulated in ("bigtable", "dynamodb"):
+            if emulated in wanted:
+                url = stack.enter_context(emulator_copy(emulated, config, space))
+                if url is None:
+                    print(f"   ({emulated}: its local server is not installed, skipped)")
+                else:
+                    stores.append((emulated, url))
         print(f"\n== hot-key cache: hits only, Zipf(1.1) over {space.size:,} keys, {args.runs} x {args.seconds}s")
-        if redis_url is None:
-            print("   (redis-server not found: SQLite only)")
+        if "redis" in wanted and redis_url is None:
+            print("   (redis-server not found: no Redis rows)")
         print(
             f"{'store':<7} {'cache':<20} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'hit ratio':>9} x off"
         )
@@ -614,19 +726,29 @@ def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
         result["cpu_us"] = (cpu_seconds(PIDS[port]) - before) / max(result["requests"] * keys, 1) * 1e6
         return result
 
-    with redis_copy(config, space, tmp) as redis_url:
-        stores = [("sqlite", args.store)] + ([("redis", redis_url)] if redis_url else [])
+    wanted = args.stores.split(",")
+    with ExitStack() as stack:
+        redis_url = stack.enter_context(redis_copy(config, space, tmp)) if "redis" in wanted else None
+        stores = [("sqlite", args.store)] if "sqlite" in wanted else []
+        stores += [("redis", redis_url)] if redis_url else []
+        for emulated in ("bigtable", "dynamodb"):
+            if emulated in wanted:
+                url = stack.enter_context(emulator_copy(emulated, config, space))
+                if url is None:
+                    print(f"   ({emulated}: its local server is not installed, skipped)")
+                else:
+                    stores.append((emulated, url))
         print(
             f"\n== batch lookups: POST /predict with {n:,} distinct keys against single-key GETs, {c} connections, "
             f"{args.runs} x {args.seconds}s"
         )
-        if redis_url is None:
-            print("   (redis-server not found: SQLite only)")
+        if "redis" in wanted and redis_url is None:
+            print("   (redis-server not found: no Redis rows)")
         if args.against is not None:
             print(f"   against: the server of {args.against}")
         print(
-            f"{'store':<7} {'variant':<26} {'req/s':>8} {'keys/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
-            f"{'timeouts':>8} {'CPU us/key':>10} {'x GET off':>9} {'x GET on':>8}"
+            f"{'store':<7} {'variant':<26} {'req/s':>8} {'keys/s (range)':>26} {'p50 ms':>8} {'p99 ms (range)':>22} "
+            f"{'errors':>6} {'timeouts':>8} {'CPU us/key':>10} {'x GET off (range)':>18} {'x GET on':>8}"
         )
         for store_name, url in stores:
             assert url is not None
@@ -638,11 +760,13 @@ def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
                 row = {f: median(results[(name, c)], f) for f in ("rps", "keys", "p50", "p99", "errors", "timeouts")}
                 cpu = median(results[(name, c)], "cpu_us")
                 base = "against: GET, cache off" if name.startswith("against") else "GET, cache off"
-                off = paired(results, name, base, c, "keys")
+                runs = results[(name, c)]
+                off = paired_spread(results, name, base, c, "keys")
                 on = f"{paired(results, name, 'GET, cache on', c, 'keys'):>7.1f}x"
                 print(
-                    f"{store_name:<7} {name:<26} {row['rps']:>8,.0f} {row['keys']:>9,.0f} {row['p50']:>8.2f} "
-                    f"{row['p99']:>8.1f} {row['errors']:>6.0f} {row['timeouts']:>8.0f} {cpu:>10.2f} {off:>8.1f}x {on}"
+                    f"{store_name:<7} {name:<26} {row['rps']:>8,.0f} {ranged(runs, 'keys'):>26} {row['p50']:>8.2f} "
+                    f"{ranged(runs, 'p99', '.1f'):>22} {row['errors']:>6.0f} {row['timeouts']:>8.0f} {cpu:>10.2f} "
+                    f"{off:>18} {on}"
                 )
             if args.against is not None:
                 name = f"POST {n:,} keys"
@@ -984,8 +1108,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--only", default="storm,concurrent,cache,batch,metrics,policy")
     parser.add_argument(
-        "--against", type=Path, help="metrics, batch: also run the server of this checkout (another revision)"
+        "--against", type=Path, help="storm, metrics, batch: also run the server of this checkout (another revision)"
     )
+    parser.add_argument(
+        "--stores",
+        default="sqlite,redis",
+        help="batch: among sqlite,redis,bigtable,dynamodb (the last two on the Bigtable emulator and DynamoDB "
+        "Local, started here like the tests' servers, with the live version copied in)",
+    )
+    parser.add_argument("--heavy", action="store_true", help="storm: also the dense 4x2048 model (slow to build)")
     args = parser.parse_args()
     sections = set(args.only.split(","))
     if sections - {"policy", "metrics-in-process"} and not shutil.which("wrk"):

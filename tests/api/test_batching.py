@@ -197,3 +197,38 @@ def test_when_nobody_can_make_it_the_freshest_are_still_tried() -> None:
 
     asyncio.run(run())
     assert sizes == [1, 2]
+
+
+def test_a_single_online_request_gets_its_answer_or_the_cause_of_its_failure() -> None:
+    """OnlineAnswers.one (GET /predict's path): an answer, or "model_error" / "deadline", each counted."""
+    import precompute.api.fallback  # noqa: F401  (imported by the app at start-up; here not inside a deadline)
+    from precompute.api.online import OnlineAnswers
+    from precompute.space import Decoded
+
+    def call(items: Sequence[object]) -> list[str]:
+        key = items[0].key  # type: ignore[attr-defined]
+        if key == "raises":
+            raise RuntimeError("the model failed")
+        if key == "slow":
+            time.sleep(1.0)
+        return [f"scored {item.key}" for item in items]  # type: ignore[attr-defined]
+
+    decoded = Decoded("k", {"mother_age": 51.0}, False, "off the grid")
+
+    async def ask() -> tuple[list[object], bytes]:
+        metrics = Metrics()
+        batcher: Batcher[object, str] = Batcher(call, Fixed(1), metrics)  # type: ignore[arg-type]
+        answers = OnlineAnswers(batcher, metrics, deadline_ms=400.0)  # type: ignore[arg-type]
+        batcher.start()
+        try:
+            outcomes: list[object] = []
+            for key in ("fine", "raises", "slow"):
+                outcomes.append(await answers.one(key, decoded, None, time.perf_counter()))
+            return outcomes, metrics.render()
+        finally:
+            await batcher.close(1.0)
+
+    outcomes, rendered = asyncio.run(ask())
+    assert outcomes == ["scored fine", "model_error", "deadline"]
+    assert b'precompute_late_total{cause="model_error"} 1.0' in rendered
+    assert b'precompute_late_total{cause="deadline"} 1.0' in rendered

@@ -192,7 +192,16 @@ def redis_server(workdir: Path) -> Iterator[int]:
         proc.wait()
 
 
-def precompute_run(config: Path, stats: bool = False) -> dict[str, object]:
+@dataclass
+class RunResult:
+    rows: int
+    wall: float  # process start to exit
+    total: float  # the run summary's total
+    seconds: dict[str, float]
+    memory: dict[str, int]
+
+
+def precompute_run(config: Path) -> RunResult:
     """``precompute run`` in a subprocess: wall, the summary's stage seconds, and the peak RSS of its tree."""
     summary = config.with_suffix(".json")
     cmd = [sys.executable, "-m", "precompute.cli", "run", "--config", str(config), "--quiet"]
@@ -207,13 +216,7 @@ def precompute_run(config: Path, stats: bool = False) -> dict[str, object]:
     if code != 0:
         raise RuntimeError(f"precompute run --config {config} exited {code}")
     data = json.loads(summary.read_text())
-    return {
-        "rows": data["rows"],
-        "wall": wall,
-        "total": data["seconds"]["total"],
-        "seconds": data["seconds"],
-        "memory": memory,
-    }
+    return RunResult(data["rows"], wall, data["seconds"]["total"], data["seconds"], memory)
 
 
 def grid_rows(config: Path, chunk: int) -> Iterator[tuple[pa.Array, pa.Array]]:
@@ -238,7 +241,8 @@ def grid_rows(config: Path, chunk: int) -> Iterator[tuple[pa.Array, pa.Array]]:
 
 def _contiguous(array: pa.Array) -> bytes:
     offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + len(array) + 1]
-    return array.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
+    data: bytes = array.buffers()[2].to_pybytes()
+    return data[offsets[0] : offsets[-1]]
 
 
 def write_pipe_file(config: Path, path: Path) -> int:
@@ -264,14 +268,14 @@ def time_pipe(path: Path, workdir: Path) -> float:
         return time.perf_counter() - started
 
 
-def time_redis_run(rows: int, tmp: Path) -> dict[str, object]:
+def time_redis_run(rows: int, tmp: Path) -> RunResult:
     with redis_server(tmp) as port:
         config = tmp / "redis.toml"
         config.write_text(grid_text(rows, f"redis://127.0.0.1:{port}/0"))
         return precompute_run(config)
 
 
-def time_sqlite_run(rows: int, tmp: Path) -> dict[str, object]:
+def time_sqlite_run(rows: int, tmp: Path) -> RunResult:
     db = tmp / "run.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -312,7 +316,7 @@ def time_floor() -> float:
     return time.perf_counter() - started
 
 
-def time_small_run(tmp: Path) -> dict[str, object]:
+def time_small_run(tmp: Path) -> RunResult:
     db = tmp / "small.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -321,13 +325,12 @@ def time_small_run(tmp: Path) -> dict[str, object]:
     return precompute_run(config)
 
 
-def _mb(n: object) -> str:
-    return f"{int(n) / 2**20:,.0f} MB"  # type: ignore[call-overload]
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB"
 
 
-def _stages(runs: list[dict[str, object]]) -> str:
-    names = list(runs[0]["seconds"])  # type: ignore[call-overload]
-    med = {n: statistics.median(r["seconds"][n] for r in runs) for n in names}  # type: ignore[index]
+def _stages(runs: list[RunResult]) -> str:
+    med = {n: statistics.median(r.seconds.get(n, 0.0) for r in runs) for n in runs[0].seconds}
     return "  ".join(f"{n} {v:.2f}" for n, v in med.items())
 
 
@@ -352,6 +355,7 @@ def main() -> None:
         default=["redis", "sqlite", "small", "memory"],
     )
     args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the runs and the floor alike
     print(
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the start: a shared, noisy VM; compare the ratios, "
         f"each measured beside its baseline in the same run (median of {args.runs})",
@@ -361,18 +365,19 @@ def main() -> None:
         tmp = Path(name)
         big = tmp / "big.toml"
         big.write_text(grid_text(args.rows, "sqlite:///unused.db"))
-        full: dict[str, dict[str, object]] = {}
+        full: dict[str, dict[str, int]] = {}
         if "redis" in args.only:
             pipe = tmp / "set.resp"
             n = write_pipe_file(big, pipe)
-            pipes, runs = [], []
+            pipes: list[float] = []
+            runs: list[RunResult] = []
             for _ in range(args.runs):
                 pipes.append(time_pipe(pipe, tmp))
                 runs.append(time_redis_run(args.rows, tmp))
             pipe.unlink()
             base = n / statistics.median(pipes)
-            total = statistics.median(float(r["total"]) for r in runs)  # type: ignore[arg-type]
-            wall = statistics.median(float(r["wall"]) for r in runs)  # type: ignore[arg-type]
+            total = statistics.median(r.total for r in runs)
+            wall = statistics.median(r.wall for r in runs)
             rate = n / total
             print(
                 f"(a) Redis, {n:,} rows: precompute run {rate:,.0f} rows/s ({total:.1f} s run total, {wall:.1f} s "
@@ -381,16 +386,17 @@ def main() -> None:
                 flush=True,
             )
             print(f"    stages (median s): {_stages(runs)}", flush=True)
-            full["redis"] = runs[-1]["memory"]  # type: ignore[assignment]
+            full["redis"] = runs[-1].memory
         if "sqlite" in args.only:
-            bares, runs = [], []
+            bares: list[float] = []
+            runs = []
             for _ in range(args.runs):
                 bares.append(time_bare_sqlite(big, tmp))
                 runs.append(time_sqlite_run(args.rows, tmp))
-            n = int(runs[0]["rows"])  # type: ignore[call-overload]
+            n = runs[0].rows
             base = n / statistics.median(bares)
-            total = statistics.median(float(r["total"]) for r in runs)  # type: ignore[arg-type]
-            wall = statistics.median(float(r["wall"]) for r in runs)  # type: ignore[arg-type]
+            total = statistics.median(r.total for r in runs)
+            wall = statistics.median(r.wall for r in runs)
             rate = n / total
             print(
                 f"(b) SQLite, {n:,} rows: precompute run {rate:,.0f} rows/s ({total:.1f} s run total, {wall:.1f} s "
@@ -399,14 +405,15 @@ def main() -> None:
                 flush=True,
             )
             print(f"    stages (median s): {_stages(runs)}", flush=True)
-            full["sqlite"] = runs[-1]["memory"]  # type: ignore[assignment]
+            full["sqlite"] = runs[-1].memory
         if "small" in args.only:
-            floors, runs = [], []
+            floors: list[float] = []
+            runs = []
             for _ in range(args.runs):
                 floors.append(time_floor())
                 runs.append(time_small_run(tmp))
             floor = statistics.median(floors)
-            wall = statistics.median(float(r["wall"]) for r in runs)  # type: ignore[arg-type]
+            wall = statistics.median(r.wall for r in runs)
             print(
                 f"(c) 11,160-row run: {wall:.1f} s process start to exit vs the floor (import TF, load and call the "
                 f"model, start and stop Ray) {floor:.1f} s: {wall / floor:.2f}x (goal <= 1.20x)",
@@ -416,19 +423,19 @@ def main() -> None:
         if "memory" in args.only:
             half = time_redis_run(args.rows // 2, tmp)
             print(
-                f"(d) peak RSS (VmHWM, sampled every 0.25 s), Redis run of {int(half['rows']):,} rows (half):",  # type: ignore[call-overload]
+                f"(d) peak RSS (VmHWM, sampled every 0.25 s), Redis run of {half.rows:,} rows (half):",
                 flush=True,
             )
-            print_memory("half rows, Redis", half["memory"])  # type: ignore[arg-type]
+            print_memory("half rows, Redis", half.memory)
             for store, memory in full.items():
                 print_memory(f"all rows, {store}", memory)
             if "redis" in full:
-                m, h = full["redis"], half["memory"]
+                m, h = full["redis"], half.memory
                 print(
-                    f"    all / half rows (Redis): driver {m['driver'] / h['driver']:.2f}, largest worker "  # type: ignore[index,operator]
+                    f"    all / half rows (Redis): driver {m['driver'] / h['driver']:.2f}, largest worker "
                     f"{m['largest worker'] / h['largest worker']:.2f} (flat: ~1.0)",
                     flush=True,
-                )  # type: ignore[index,operator]
+                )
     print(f"load {os.getloadavg()[0]:.1f} at the end", flush=True)
 
 

@@ -55,6 +55,77 @@ def inner(rows: int, store: str) -> None:
     print("\nRay Data stats of the write:\n" + (write.stats() if write is not None else "(none)"))
 
 
+def pieces(rows: int) -> None:
+    """The per-row work of the actors and of a Redis write task, piece by piece, in this one process."""
+    import time
+
+    import numpy as np
+    import pyarrow as pa
+
+    from precompute.adapters.redis.layout import ROWS_PER_BUCKET, Layout
+    from precompute.adapters.redis.writes import hset_pieces
+    from precompute.config import load_config
+    from precompute.model import Model, grid_inputs
+    from precompute.scoring import grid_keys
+    from precompute.space import GridSpace
+    from precompute.values import encode_values
+
+    with tempfile.TemporaryDirectory() as name:
+        config = Path(name) / "grid.toml"
+        config.write_text(grid_text(10_287_198, "sqlite:///unused.db"))
+        cfg = load_config(config, env={})
+    space = cfg.space
+    assert isinstance(space, GridSpace)
+    model = Model(cfg.model.local_path(), cfg.model.signature, cfg.model.outputs)
+    inputs = grid_inputs(space, model.signature)
+    layout = Layout(b"p:v:x:", -(-space.size // ROWS_PER_BUCKET), None)
+    spent: dict[str, float] = collections.defaultdict(float)
+    batch = 16_384
+    for start in range(0, rows, batch):
+        t = [time.perf_counter()]
+        indices = space.indices(np.arange(start, start + batch, dtype=np.int64))
+        features = {n: v[indices[n]] for n, v in inputs.items()}
+        t.append(time.perf_counter())
+        out = model.predict(features)
+        t.append(time.perf_counter())
+        keys = grid_keys(space, indices)
+        t.append(time.perf_counter())
+        values = encode_values(out, keys)
+        t.append(time.perf_counter())
+        kb = keys.cast(pa.binary())
+        items = list(zip(kb.to_pylist(), values.to_pylist(), strict=True))
+        t.append(time.perf_counter())
+        for _ in hset_pieces(layout, items):
+            pass
+        t.append(time.perf_counter())
+        for label, a, b in zip(
+            [
+                "indices+features",
+                "model.predict",
+                "grid_keys",
+                "encode_values",
+                "to_pylist+zip (sink)",
+                "hset_pieces (group+pack)",
+            ],
+            t,
+            t[1:],
+            strict=False,
+        ):
+            spent[label] += b - a
+    done = -(-rows // batch) * batch
+    print(f"per-row work, {done:,} rows in batches of {batch:,}, one process:")
+    for label, secs in spent.items():
+        print(f"    {label:<28} {secs:6.2f} s  {secs / done * 1e6:6.2f} us/row  ({done / secs:>12,.0f} rows/s)")
+
+
+def _process_name(frame: str) -> str:
+    """``process 123:"python .../default_worker.py ..."`` -> ``process 123`` plus what it is."""
+    pid, _, cmd = frame.partition(":")
+    if "default_worker.py" in cmd:
+        return f"{pid} (Ray worker)"
+    return f"{pid} ({cmd.strip(chr(34))[:80]})"
+
+
 def summarize(raw: Path, top: int) -> None:
     """py-spy's raw (collapsed) stacks, per process: samples, and the innermost frames that matter."""
     per_process: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -62,7 +133,8 @@ def summarize(raw: Path, top: int) -> None:
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
-        process = frames[0]
+        at = max(i for i, frame in enumerate(frames) if frame.startswith("process "))
+        process, frames = _process_name(frames[at]), frames[at + 1 :] or ["(no frame)"]
         n = int(count)
         totals[process] += n
         idle = any(word in frames[-1] for word in ("wait (", "select (", "poll (", "_wait_", "sleep", "recv ("))
@@ -83,21 +155,32 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_287_198)
     parser.add_argument("--store", choices=["redis", "sqlite"], default="redis")
     parser.add_argument("--py-spy", action="store_true", help="sample every process with py-spy record")
-    parser.add_argument("--rate", type=int, default=40, help="py-spy samples per second")
+    parser.add_argument("--rate", type=int, default=10, help="py-spy samples per second (40 falls behind on 2 cores)")
+    parser.add_argument("--keep", type=Path, help="keep py-spy's raw stacks in this file")
+    parser.add_argument("--summarize", type=Path, help="only summarize raw stacks kept earlier")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--pieces", type=int, help="time the per-row pieces on this many rows, in one process")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.pieces:
+        pieces(args.pieces)
+        return
+    if args.summarize:
+        summarize(args.summarize, args.top)
+        return
     if args.inner or not args.py_spy:
         inner(args.rows, args.store)
         return
     spy = Path(sys.executable).parent / "py-spy"
     with tempfile.TemporaryDirectory(prefix="precompute-pyspy-") as name:
         raw = Path(name) / "stacks.txt"
-        cmd = [str(spy), "record", "--subprocesses", "--idle", "--format", "raw", "--rate", str(args.rate)]
+        cmd = [str(spy), "record", "--subprocesses", "--format", "raw", "--rate", str(args.rate)]
         cmd += ["-o", str(raw), "--", sys.executable, __file__, "--inner", "--rows", str(args.rows)]
         subprocess.run([*cmd, "--store", args.store], check=True)
         summarize(raw, args.top)
+        if args.keep:
+            args.keep.write_bytes(raw.read_bytes())
 
 
 if __name__ == "__main__":

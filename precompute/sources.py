@@ -136,7 +136,21 @@ def file_identity(path: Path) -> str:
     return f"file:{path.resolve()}@{stat.st_size}:{stat.st_mtime_ns}"
 
 
-class Lines:
+class _FileSource:
+    """What a file or standard input does not have: nothing to acknowledge, no dead-letter stream, no
+    pending entries (a restart resumes from the recorded offset instead)."""
+
+    def ack(self, entries: Sequence[Entry]) -> None:
+        return None
+
+    def dead_letter(self, entry: Entry, reason: str) -> None:
+        return None
+
+    def pending(self) -> int | None:
+        return None
+
+
+class Lines(_FileSource):
     """JSON lines from a file or standard input. A thread reads them into a queue, so that a quiet standard
     input does not hold a batch past its window."""
 
@@ -180,15 +194,6 @@ class Lines:
             entries.append(item)
         return entries
 
-    def ack(self, entries: Sequence[Entry]) -> None:
-        return None
-
-    def dead_letter(self, entry: Entry, reason: str) -> None:
-        return None
-
-    def pending(self) -> int | None:
-        return None
-
     def close(self) -> None:
         if self._owned:
             self._stream.close()
@@ -208,7 +213,7 @@ def _drain(q: queue.Queue[Entry | None], first: Entry | None, count: int) -> Ite
             return
 
 
-class Table:
+class Table(_FileSource):
     """A CSV or Parquet file, read with pyarrow as ``precompute run`` reads a table (the same types), in
     slices of the batch size. Positions are the row numbers (1-based; a CSV's line is one more)."""
 
@@ -240,15 +245,6 @@ class Table:
         if self._next >= self._table.num_rows:
             self.exhausted = True
         return entries
-
-    def ack(self, entries: Sequence[Entry]) -> None:
-        return None
-
-    def dead_letter(self, entry: Entry, reason: str) -> None:
-        return None
-
-    def pending(self) -> int | None:
-        return None
 
     def close(self) -> None:
         return None

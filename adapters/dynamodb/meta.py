@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from precompute.adapters.dynamodb.client import call
@@ -72,24 +72,7 @@ class MetaTable(Meta):
         self._call("put_item", create=True, Item={**record_key(version), RECORD_ATTR: {"B": record}})
 
     def records(self) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
-        start: dict[str, Any] | None = None
-        while True:  # pages of the Query (1 MB each), not retries
-            query: dict[str, Any] = {
-                "KeyConditionExpression": "pk = :p",
-                "ExpressionAttributeValues": {":p": {"S": RECORD_PK}},
-                "ConsistentRead": True,
-            }
-            if start:
-                query["ExclusiveStartKey"] = start
-            page = self._call("query", create=False, **query)
-            if page is None:
-                return found
-            for item in page.get("Items", []):
-                found[item["sk"]["S"]] = bytes(item[RECORD_ATTR]["B"])
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                return found
+        return {item["sk"]["S"]: bytes(item[RECORD_ATTR]["B"]) for item in self._partition(RECORD_PK)}
 
     def delete_record(self, version: str) -> None:
         self._call("delete_item", create=False, Key=record_key(version))
@@ -221,26 +204,11 @@ class MetaTable(Meta):
         raise StoreError(f"could not record the miss {key[:100]!r} in {self.table}: it kept changing")
 
     def read_misses(self) -> dict[bytes, int]:
-        found: dict[bytes, int] = {}
-        for shard in range(MISS_SHARDS):
-            start: dict[str, Any] | None = None
-            while True:  # pages of the Query (1 MB each)
-                query: dict[str, Any] = {
-                    "KeyConditionExpression": "pk = :p",
-                    "ExpressionAttributeValues": {":p": {"S": miss_shard(shard)}},
-                    "ConsistentRead": True,
-                }
-                if start:
-                    query["ExclusiveStartKey"] = start
-                page = self._call("query", create=False, **query)
-                if page is None:
-                    return found
-                for item in page.get("Items", []):
-                    found[item["sk"]["S"].encode("utf-8")] = int(item[MISS_COUNT_ATTR]["N"])
-                start = page.get("LastEvaluatedKey")
-                if not start:
-                    break
-        return found
+        return {
+            item["sk"]["S"].encode("utf-8"): int(item[MISS_COUNT_ATTR]["N"])
+            for shard in range(MISS_SHARDS)
+            for item in self._partition(miss_shard(shard))
+        }
 
     def delete_misses(self, keys: Sequence[bytes]) -> None:
         for key in keys:
@@ -281,6 +249,26 @@ class MetaTable(Meta):
         )
 
     # -- plumbing --------------------------------------------------------------------------------
+
+    def _partition(self, pk: str) -> Iterator[dict[str, Any]]:
+        """Every item of one partition of the meta table, a consistent Query page (1 MB) at a time; none when
+        the table does not exist (nothing was ever written here)."""
+        start: dict[str, Any] | None = None
+        while True:  # pages, not retries
+            query: dict[str, Any] = {
+                "KeyConditionExpression": "pk = :p",
+                "ExpressionAttributeValues": {":p": {"S": pk}},
+                "ConsistentRead": True,
+            }
+            if start:
+                query["ExclusiveStartKey"] = start
+            page = self._call("query", create=False, **query)
+            if page is None:
+                return
+            yield from page.get("Items", [])
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
 
     def _call(
         self, method: str, create: bool, retried: list[BaseException] | None = None, **kwargs: Any

@@ -81,6 +81,11 @@ def _auto(value: T | Auto) -> T | None:
     return None if value == "auto" else value
 
 
+def _same_fields(resolved: type, section: BaseModel) -> dict[str, Any]:
+    """The fields of a resolved dataclass taken as they are from its section of the file."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(resolved)}
+
+
 _store = StoreSection()
 _run = RunSection()
 _serve = ServeSection()
@@ -203,7 +208,7 @@ class VerifyConfig:
 
     @classmethod
     def of(cls, section: VerifySection) -> VerifyConfig:
-        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
+        return cls(**_same_fields(cls, section))
 
 
 @dataclass(frozen=True)
@@ -302,7 +307,7 @@ class RefreshConfig:
 
     @classmethod
     def of(cls, section: RefreshSection) -> RefreshConfig:
-        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
+        return cls(**_same_fields(cls, section))
 
 
 @dataclass(frozen=True)

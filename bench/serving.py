@@ -588,6 +588,25 @@ def copy_live(config: Config, space: GridSpace, url: str) -> None:
     target.publish(record)
 
 
+def store_copies(
+    stack: ExitStack, wanted: list[str], sqlite_url: str, config: Config, space: GridSpace, tmp: Path
+) -> list[tuple[str, str]]:
+    """The stores a bench compares, by name: the SQLite store, and copies of its live version into a Redis and
+    the Bigtable and DynamoDB emulators of their own (kept open by ``stack``); a server not installed is said."""
+    stores = [("sqlite", sqlite_url)] if "sqlite" in wanted else []
+    redis_url = stack.enter_context(redis_copy(config, space, tmp)) if "redis" in wanted else None
+    if redis_url is not None:
+        stores.append(("redis", redis_url))
+    for emulated in ("bigtable", "dynamodb"):
+        if emulated in wanted:
+            url = stack.enter_context(emulator_copy(emulated, config, space))
+            if url is None:
+                print(f"   ({emulated}: its local server is not installed, skipped)")
+            else:
+                stores.append((emulated, url))
+    return stores
+
+
 @contextmanager
 def emulator_copy(name: str, config: Config, space: GridSpace) -> Iterator[str | None]:
     """The live version copied into a throwaway Bigtable emulator or DynamoDB Local (the servers the tests
@@ -642,16 +661,8 @@ def cache(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
 
     wanted = args.stores.split(",")
     with ExitStack() as stack:
-        redis_url = stack.enter_context(redis_copy(config, space, tmp)) if "redis" in wanted else None
-        stores = [("sqlite", args.store)] if "sqlite" in wanted else []
-        stores += [("redis", redis_url)] if redis_url else []
-        for emulated in ("bigtable", "dynamodb"):
-            if emulated in wanted:
-                url = stack.enter_context(emulator_copy(emulated, config, space))
-                if url is None:
-                    print(f"   ({emulated}: its local server is not installed, skipped)")
-                else:
-                    stores.append((emulated, url))
+        stores = store_copies(stack, wanted, args.store, config, space, tmp)
+        redis_url = dict(stores).get("redis")
         print(f"\n== hot-key cache: hits only, Zipf(1.1) over {space.size:,} keys, {args.runs} x {args.seconds}s")
         if "redis" in wanted and redis_url is None:
             print("   (redis-server not found: no Redis rows)")
@@ -728,16 +739,8 @@ def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
 
     wanted = args.stores.split(",")
     with ExitStack() as stack:
-        redis_url = stack.enter_context(redis_copy(config, space, tmp)) if "redis" in wanted else None
-        stores = [("sqlite", args.store)] if "sqlite" in wanted else []
-        stores += [("redis", redis_url)] if redis_url else []
-        for emulated in ("bigtable", "dynamodb"):
-            if emulated in wanted:
-                url = stack.enter_context(emulator_copy(emulated, config, space))
-                if url is None:
-                    print(f"   ({emulated}: its local server is not installed, skipped)")
-                else:
-                    stores.append((emulated, url))
+        stores = store_copies(stack, wanted, args.store, config, space, tmp)
+        redis_url = dict(stores).get("redis")
         print(
             f"\n== batch lookups: POST /predict with {n:,} distinct keys against single-key GETs, {c} connections, "
             f"{args.runs} x {args.seconds}s"

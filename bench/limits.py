@@ -329,6 +329,20 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:,.0f} MB"
 
 
+def _print_load(label: str, n: int, runs: list[RunResult], baseline: str, base: float, goal: float) -> None:
+    """One load's line: the runs' median rate (of the run summary's total, and on wall time) beside its baseline."""
+    total = statistics.median(r.total for r in runs)
+    wall = statistics.median(r.wall for r in runs)
+    rate = n / total
+    print(
+        f"{label}, {n:,} rows: precompute run {rate:,.0f} rows/s ({total:.1f} s run total, {wall:.1f} s "
+        f"with process start) vs {baseline} {base:,.0f} rows/s: ratio {rate / base:.2f} "
+        f"(goal >= {goal:.2f}; {n / wall / base:.2f} on wall)",
+        flush=True,
+    )
+    print(f"    stages (median s): {_stages(runs)}", flush=True)
+
+
 def _stages(runs: list[RunResult]) -> str:
     med = {n: statistics.median(r.seconds.get(n, 0.0) for r in runs) for n in runs[0].seconds}
     return "  ".join(f"{n} {v:.2f}" for n, v in med.items())
@@ -375,17 +389,7 @@ def main() -> None:
                 pipes.append(time_pipe(pipe, tmp))
                 runs.append(time_redis_run(args.rows, tmp))
             pipe.unlink()
-            base = n / statistics.median(pipes)
-            total = statistics.median(r.total for r in runs)
-            wall = statistics.median(r.wall for r in runs)
-            rate = n / total
-            print(
-                f"(a) Redis, {n:,} rows: precompute run {rate:,.0f} rows/s ({total:.1f} s run total, {wall:.1f} s "
-                f"with process start) vs redis-cli --pipe SET {base:,.0f} rows/s: ratio {rate / base:.2f} "
-                f"(goal >= 0.70; {n / wall / base:.2f} on wall)",
-                flush=True,
-            )
-            print(f"    stages (median s): {_stages(runs)}", flush=True)
+            _print_load("(a) Redis", n, runs, "redis-cli --pipe SET", n / statistics.median(pipes), 0.70)
             full["redis"] = runs[-1].memory
         if "sqlite" in args.only:
             bares: list[float] = []
@@ -394,17 +398,7 @@ def main() -> None:
                 bares.append(time_bare_sqlite(big, tmp))
                 runs.append(time_sqlite_run(args.rows, tmp))
             n = runs[0].rows
-            base = n / statistics.median(bares)
-            total = statistics.median(r.total for r in runs)
-            wall = statistics.median(r.wall for r in runs)
-            rate = n / total
-            print(
-                f"(b) SQLite, {n:,} rows: precompute run {rate:,.0f} rows/s ({total:.1f} s run total, {wall:.1f} s "
-                f"with process start) vs bare bulk insert {base:,.0f} rows/s: ratio {rate / base:.2f} "
-                f"(goal >= 0.80; {n / wall / base:.2f} on wall)",
-                flush=True,
-            )
-            print(f"    stages (median s): {_stages(runs)}", flush=True)
+            _print_load("(b) SQLite", n, runs, "bare bulk insert", n / statistics.median(bares), 0.80)
             full["sqlite"] = runs[-1].memory
         if "small" in args.only:
             floors: list[float] = []

@@ -32,8 +32,10 @@ import json
 import logging
 import math
 import os
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,30 +205,20 @@ def run(config: Config, verbose: bool = False, *, force: bool = False, summary: 
             cluster.resolve(config.run.ray_address)  # a Ray Client address is refused before anything else
             backend = _open_store(config)
         try:
-            with stages.stage("check", f"checking model {config.model.location} against the request space"):
-                local = config.model.local_path()
-                model_id = fingerprint(local)
-                summary.model = model_id
-                model = Model(local, config.model.signature, config.model.outputs)
-                if isinstance(config.space, GridSpace):
-                    grid_inputs(config.space, model.signature)
-                    _probe(config.space, model)
-                else:
-                    table_columns(config.space, model.signature)
-                    _check_table(config, config.space)
-            with stages.stage("ray", _ray_message(config)):
-                ray_started, plan = _ray_and_plan(config, verbose)
+            (local, model_id, model), ray_started, plan = _check_and_start_ray(config, verbose, stages, summary)
             summary.plan = plan.describe()
+            # A Ray this run started on this machine runs its workers as children of this process: they have its
+            # environment and import its code. Only a cluster that was already there is sent the package.
+            own_ray = ray_started and not config.run.ray_address
             try:
                 with stages.stage("ray", "sending the code and the model to the cluster"):
                     nodes = cluster.nodes()
-                    if not config.run.ship_code:
+                    if not config.run.ship_code and not own_ray:
                         shipping.check_installed([node.id for node in nodes])
                     source = shipping.ship_model(local, model_id, config.model.uri)
                     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-                    job = _Job(
-                        model, model_id, source, plan, nodes, shipping.runtime_env(config.run.ship_code, env), force
-                    )
+                    runtime_env = {} if own_ray else shipping.runtime_env(config.run.ship_code, env)
+                    job = _Job(model, model_id, source, plan, nodes, runtime_env, force)
                 return _locked_run(config, job, backend, stages, summary)
             finally:
                 if ray_started:
@@ -473,6 +465,75 @@ def _space_size(config: Config) -> str:
     return f"{space.size:,} grid keys" if isinstance(space, GridSpace) else f"the table {list(space.paths)}"
 
 
+def _check_model(config: Config, stages: _Stages, summary: RunSummary) -> tuple[Path, str, Model]:
+    """The model (fetched, if given by URI) loaded on the driver and checked against the space."""
+    with stages.stage("check", f"checking model {config.model.location} against the request space"):
+        local = config.model.local_path()
+        model_id = fingerprint(local)
+        summary.model = model_id
+        model = Model(local, config.model.signature, config.model.outputs)
+        if isinstance(config.space, GridSpace):
+            grid_inputs(config.space, model.signature)
+            _probe(config.space, model)
+        else:
+            table_columns(config.space, model.signature)
+            _check_table(config, config.space)
+        return local, model_id, model
+
+
+def _check_and_start_ray(
+    config: Config, verbose: bool, stages: _Stages, summary: RunSummary
+) -> tuple[tuple[Path, str, Model], bool, ActorPlan]:
+    """The model check and Ray's start, side by side when this run starts or joins Ray: each takes seconds
+    (TensorFlow's import and the model's load; Ray's processes), mostly on different cores. A failed check is
+    reported before a failed start: it is the first thing to fix. Returns the check's result, whether Ray was
+    started here (and must be shut down) and the actor plan."""
+    joined = sys.modules.get("ray")  # not imported yet: Ray's own import overlaps the check too
+    if joined is not None and joined.is_initialized():  # joined before (a notebook, the tests): nothing to overlap
+        checked = _check_model(config, stages, summary)
+        with stages.stage("ray", _ray_message(config)):
+            started, plan = _ray_and_plan(config, verbose)
+        return checked, started, plan
+    checking = _InThread(lambda: _check_model(config, stages, summary))
+    try:
+        with stages.stage("ray", _ray_message(config)):
+            started, plan = _ray_and_plan(config, verbose)
+    except Exception:
+        checking.result()  # raises the check's own error, if it failed too
+        raise
+    try:
+        return checking.result(), started, plan
+    except BaseException:
+        if started:
+            import ray
+
+            ray.shutdown()
+        raise
+
+
+class _InThread:
+    """A call run in a daemon thread (an interrupted run does not wait for it); :meth:`result` joins it."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self._call = call
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="precompute-check", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as exc:  # handed to the caller's thread by result()
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def _ray_message(config: Config) -> str:
     address = config.run.ray_address
     return f"joining the Ray cluster at {address}" if address else "starting a local Ray instance"
@@ -565,14 +626,16 @@ def _pipeline(config: Config, job: _Job, table: Any) -> Any:
     }
     args = (job.source, config.model.signature, config.model.outputs, space)
     if isinstance(space, GridSpace):
-        # Enough blocks that every actor stays busy, small enough that each fits comfortably in memory.
-        blocks = max(plan.actors * 4, math.ceil(space.size / 250_000))
+        # Enough blocks that every actor stays busy, small enough that each fits comfortably in memory, and none
+        # smaller than a batch (each read is a task, in a worker process of its own when they run at once).
+        wanted = max(plan.actors * 4, math.ceil(space.size / 250_000))
+        blocks = max(1, min(wanted, math.ceil(space.size / plan.batch_size)))
         from ray.data._internal.datasource.range_datasource import RangeDatasource  # ray.data.range, lighter
 
         ids = ray.data.read_datasource(
             RangeDatasource(n=space.size, column_name="id"),
             num_cpus=IO_TASK_CPUS,
-            override_num_blocks=min(blocks, max(1, space.size)),
+            override_num_blocks=blocks,
         )
         return ids.map_batches(GridScorer, fn_constructor_args=args, batch_format="numpy", **common)
     return table.map_batches(TableScorer, fn_constructor_args=args, batch_format="pyarrow", **common)

@@ -8,7 +8,8 @@ are followed) is copied into a folder named by a hash of its content and given t
 entry of the runtime environment. Ray uploads it to the cluster once per content and every worker imports
 it ahead of anything installed. Only the package travels, never the working directory. With
 ``[run] ship_code = false`` the cluster's own install is used instead, after a check that every node runs
-the driver's version (:func:`check_installed`).
+the driver's version (:func:`check_installed`). A Ray the run starts itself on this machine gets neither:
+its workers are the driver's children and import the driver's files (``precompute.run``).
 
 **The model.** A local SavedModel is packed into one uncompressed tar archive, put in Ray's object store
 once, and unpacked on each node into ``<cache>/models/<fingerprint>``, once per node however many actors

@@ -32,10 +32,10 @@ import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -484,54 +484,33 @@ def _check_model(config: Config, stages: _Stages, summary: RunSummary) -> tuple[
 def _check_and_start_ray(
     config: Config, verbose: bool, stages: _Stages, summary: RunSummary
 ) -> tuple[tuple[Path, str, Model], bool, ActorPlan]:
-    """The model check and Ray's start, side by side when this run starts or joins Ray: each takes seconds
-    (TensorFlow's import and the model's load; Ray's processes), mostly on different cores. A failed check is
-    reported before a failed start: it is the first thing to fix. Returns the check's result, whether Ray was
-    started here (and must be shut down) and the actor plan."""
-    joined = sys.modules.get("ray")  # not imported yet: Ray's own import overlaps the check too
-    if joined is not None and joined.is_initialized():  # joined before (a notebook, the tests): nothing to overlap
-        checked = _check_model(config, stages, summary)
-        with stages.stage("ray", _ray_message(config)):
-            started, plan = _ray_and_plan(config, verbose)
-        return checked, started, plan
-    checking = _InThread(lambda: _check_model(config, stages, summary))
+    """The model check (in a daemon thread: an interrupted run does not wait for it) beside Ray's start or
+    join: each takes seconds (TensorFlow's import and the model's load; Ray's processes), mostly on different
+    cores. A failed check is reported before a failed start: it is the first thing to fix. Returns the check's
+    result, whether Ray was started here (and must be shut down) and the actor plan."""
+    checked: Future[tuple[Path, str, Model]] = Future()
+
+    def check() -> None:
+        try:
+            checked.set_result(_check_model(config, stages, summary))
+        except BaseException as exc:  # handed to the run's thread by checked.result()
+            checked.set_exception(exc)
+
+    threading.Thread(target=check, name="precompute-check", daemon=True).start()
     try:
         with stages.stage("ray", _ray_message(config)):
             started, plan = _ray_and_plan(config, verbose)
     except Exception:
-        checking.result()  # raises the check's own error, if it failed too
+        checked.result()  # raises the check's own error, if it failed too
         raise
     try:
-        return checking.result(), started, plan
+        return checked.result(), started, plan
     except BaseException:
         if started:
             import ray
 
             ray.shutdown()
         raise
-
-
-class _InThread:
-    """A call run in a daemon thread (an interrupted run does not wait for it); :meth:`result` joins it."""
-
-    def __init__(self, call: Callable[[], Any]) -> None:
-        self._call = call
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="precompute-check", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._call()
-        except BaseException as exc:  # handed to the caller's thread by result()
-            self._error = exc
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def _ray_message(config: Config) -> str:

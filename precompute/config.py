@@ -159,6 +159,7 @@ class RunConfig:
     batch_size: int = _run.batch_size
     write_tasks: int | None = _auto(_run.write_tasks)
     verify_samples: int = _run.verify_samples
+    stall_timeout_s: float = _run.stall_timeout_s
     max_actors: int | None = _run.max_actors
     ship_code: bool = _run.ship_code
 
@@ -173,6 +174,7 @@ class RunConfig:
             batch_size=section.batch_size,
             write_tasks=_auto(section.write_tasks),
             verify_samples=section.verify_samples,
+            stall_timeout_s=section.stall_timeout_s,
             max_actors=section.max_actors,
             ship_code=section.ship_code,
         )

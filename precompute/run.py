@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from precompute import cluster, drift, misses, shipping
 from precompute.adapters import backend_class, open_backend
-from precompute.cluster import Node
+from precompute.cluster import ClusterUnavailable, Node
 from precompute.config import Config, ConfigError
 from precompute.model import Model, ModelError, fingerprint, grid_inputs, is_uri
 from precompute.model import error_reason as _model_reason
@@ -322,7 +322,7 @@ def _score_verify_publish(
         try:
             _pipeline(config, job, table).write_datasink(sink, **_write_args(job, backend))
         except Exception as exc:
-            raise _cause(exc) from exc
+            raise (_stalled(exc, config.run.stall_timeout_s) or _cause(exc)) from exc
         written = sink.rows_written
         summary.nodes = _per_node(job.nodes, sink.reports)
         summary.write_task_gpus = sum(report.gpus for report in sink.reports)
@@ -568,6 +568,26 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _stalled(exc: BaseException, timeout_s: float) -> ClusterUnavailable | None:
+    """Ray Data's no-progress guard, said as what it means for this run; None for any other error.
+
+    Ray restarts the actors of a lost node on the nodes left; when they fill those nodes, the read and
+    write tasks find no room and nothing moves, for as long as the cluster stays that size.
+    """
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, ExecutionTimeoutError):
+        seen = seen.__cause__
+    if seen is None:
+        return None
+    return ClusterUnavailable(
+        f"scoring and writing made no progress for {timeout_s:g} s ([run] stall_timeout_s): the cluster has no room "
+        "for the run's actors and tasks (a node lost? `ray status` shows what is left). Nothing was published. Fix: "
+        "run again when the cluster has its nodes back, or with fewer [run] actors. " + str(seen).split("\n", 1)[0]
+    )
+
+
 def _ray_and_plan(config: Config, verbose: bool) -> tuple[bool, ActorPlan]:
     import ray
 
@@ -578,6 +598,7 @@ def _ray_and_plan(config: Config, verbose: bool) -> tuple[bool, ActorPlan]:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = True  # bars on a terminal; periodic progress lines under cron
     context.raise_original_map_exception = True  # our own errors, not a generic UserCodeException
+    context.execution_no_progress_timeout_s = config.run.stall_timeout_s  # a run never hangs (see _stalled)
     try:
         return started, plan_actors(config.run, ray.cluster_resources())  # type: ignore[no-untyped-call]
     except BaseException:

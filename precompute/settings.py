@@ -370,6 +370,12 @@ class RunSection(_Section):
     verify_samples: PositiveInt = Field(
         64, description="Golden keys re-scored on the driver and compared after the load."
     )
+    stall_timeout_s: PositiveFloat = Field(
+        600.0,
+        description="A run whose scoring and writing move no block for this long fails, publishing nothing (exit 5, "
+        "retry later): the cluster has no room for its actors and tasks, e.g. after losing a node. Above the longest "
+        "a cluster takes to add a node, and the longest one batch takes to score.",
+    )
     ship_code: bool = Field(
         True,
         description="Send this package to the Ray workers with the run (Ray's runtime environment). false: use "

@@ -17,11 +17,14 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from precompute.store.codec import EXPIRING, split_expiry, unexpired
 from precompute.store.errors import ItemTooLarge
 from precompute.store.url import StoreURL
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Item = tuple[bytes, bytes]
 """One row of a version: (encoded key, encoded value)."""
@@ -142,6 +145,15 @@ class Backend(ABC):
         self.check_sizes(items)
         for start in range(0, len(items), self.max_write_batch):
             self.write_batch(version, items[start : start + self.max_write_batch])
+
+    def write_columns(self, version: str, keys: pa.Array, values: pa.Array) -> None:
+        """:meth:`write` of two binary Arrow columns of the same length: the rows ``(keys[i], values[i])``.
+
+        The batch job's write tasks call this with the scored blocks' columns. This default makes the
+        Python items :meth:`write` takes; a backend that packs columns itself (Redis) overrides it and makes
+        no Python object per row.
+        """
+        self.write(version, list(zip(keys.to_pylist(), values.to_pylist(), strict=True)))
 
     def check_sizes(self, items: Sequence[Item], note: str = "") -> None:
         """Raise :class:`~store.errors.ItemTooLarge`, naming the key, for a value over :attr:`max_value_bytes`."""

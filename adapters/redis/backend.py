@@ -22,6 +22,9 @@ from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from precompute.adapters.redis.client import SyncClient
 from precompute.adapters.redis.errors import translated
 from precompute.adapters.redis.layout import Layout, remember
@@ -95,10 +98,14 @@ class RedisBackend(Backend):
         return layout
 
     def write(self, version: str, items: Sequence[Item]) -> None:
+        keys = pa.array(list(map(itemgetter(0), items)), pa.large_binary())
+        self.write_columns(version, keys, pa.array(list(map(itemgetter(1), items)), pa.large_binary()))
+
+    def write_columns(self, version: str, keys: pa.Array, values: pa.Array) -> None:
         # The base class checks sizes in a Python loop; this does it in C and only searches on a hit.
-        if items and max(map(len, map(itemgetter(1), items))) > self.max_value_bytes:
-            super().write(version, items)  # raises ItemTooLarge naming the key, before sending anything
-        self.bulk.load(self._require(version), items, self.max_write_batch, version)
+        if len(values) and pc.max(pc.binary_length(values)).as_py() > self.max_value_bytes:
+            self.check_sizes(list(zip(keys.to_pylist(), values.to_pylist(), strict=True)))  # ItemTooLarge, key named
+        self.bulk.load(self._require(version), keys, values, self.max_write_batch, version)
 
     def write_batch(self, version: str, items: Sequence[Item]) -> None:
         commands = [c for piece in hset_pieces(self._require(version), items) for c in piece]

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import cast
 
+import pyarrow as pa
 import pytest
 
 from precompute.adapters import open_backend, open_reader
@@ -111,6 +112,20 @@ def test_oversized_value_is_rejected_before_anything_is_written(backend: Backend
     with pytest.raises(ItemTooLarge, match="huge"):
         backend.write("v1", [*ok, too_big])
     assert backend.read("v1", [k for k, _ in ok]) == [None, None, None]
+
+
+def test_arrow_columns_write_as_items_do(backend: Backend) -> None:
+    """What the batch job's write tasks call: the same rows as :meth:`write`, a later duplicate winning."""
+    backend.create_version("v1")
+    rows = [*items(2_000), (encode_key("k:5"), encode_value({"y": -1.0}))]
+    keys = pa.array([k for k, _ in rows], pa.binary())
+    backend.write_columns("v1", keys, pa.array([v for _, v in rows], pa.binary()))
+    want = dict(rows)
+    assert backend.read("v1", list(want)) == list(want.values())
+    too_big = pa.array([b"x" * (backend.max_value_bytes + 1)], pa.binary())
+    with pytest.raises(ItemTooLarge, match="huge"):
+        backend.write_columns("v1", pa.array([encode_key("huge")], pa.binary()), too_big)
+    assert backend.read("v1", [encode_key("huge")]) == [None]
 
 
 def test_records_round_trip(backend: Backend) -> None:

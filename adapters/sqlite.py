@@ -6,6 +6,9 @@ Layout: one ``WITHOUT ROWID`` table per version (``v_<version>``), so dropping a
 online, with counts: one UPSERT transaction per flush) live in four small tables. WAL mode lets
 the API read while a run writes; writes from several Ray tasks queue on SQLite's file lock.
 
+Bulk loads from the batch job (:meth:`SQLiteBackend.write_columns`) go in as one JSON document per chunk that
+SQLite unpacks itself, instead of one bound row at a time.
+
 Reads are local and take microseconds, so the async reader answers inline on the event loop: a hop to a
 thread pool would cost more than the read.
 
@@ -22,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from precompute.store import (
     Backend,
@@ -35,6 +38,9 @@ from precompute.store import (
 )
 from precompute.store.backend import admitted
 from precompute.store.codec import check_version
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 T = TypeVar("T")
 
@@ -84,6 +90,51 @@ def _translated(path: Path, doing: str) -> Iterator[None]:
         raise _translate(exc, path, doing) from exc
 
 
+#: Most bytes of rows in one JSON document (SQLite's default limit on a string is 1e9 bytes).
+_JSON_MAX_BYTES = 256 * 1024 * 1024
+
+
+def _has_json(conn: sqlite3.Connection) -> bool:
+    """Whether this SQLite has its JSON functions (built in since 3.38, an option before)."""
+    try:
+        conn.execute("SELECT count(*) FROM json_each('[]')").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def json_insert(table: str) -> str:
+    """The statement that upserts the rows of one :func:`_json_pairs` document (its only parameter)."""
+    return (
+        f"INSERT OR REPLACE INTO {table} (k, v) SELECT CAST(json_extract(value, '$[0]') AS BLOB), "
+        "CAST(json_extract(value, '$[1]') AS BLOB) FROM json_each(?)"
+    )
+
+
+def _json_pairs(keys: pa.Array, values: pa.Array) -> str | None:
+    """``[["key","value"],...]`` of binary columns, escaped so that SQLite reads back the same bytes; None
+    where JSON cannot carry them (bytes that are not UTF-8, control characters) or they are too many."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    texts = []
+    for column in (pc.cast(keys, pa.large_binary()), pc.cast(values, pa.large_binary())):
+        offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset : column.offset + len(column) + 1]
+        data = column.buffers()[2]
+        raw = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]] if data is not None else np.zeros(0)
+        if raw.size > _JSON_MAX_BYTES // 2 or (raw < 0x20).any():
+            return None
+        try:
+            text = pc.cast(column, pa.string())
+        except pa.ArrowInvalid:  # not UTF-8
+            return None
+        texts.append(pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), '"', '\\"'))
+    pairs = pc.binary_join_element_wise('["', texts[0], '","', texts[1], '"]', "")
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(pairs)], pa.int32()), pairs), ",")
+    return f"[{joined[0].as_py()}]"
+
+
 def _connect(path: Path, create: bool, timeout: float) -> sqlite3.Connection:
     if create:
         try:
@@ -123,6 +174,7 @@ class SQLiteBackend(Backend):
         self._conn.execute("PRAGMA cache_size=-262144")
         self._conn.execute("PRAGMA wal_autocheckpoint=100000")
         self._mutex = threading.Lock()  # the lock-renewal thread shares this connection
+        self._json = _has_json(self._conn)
 
     def _tx(self, sql: str, params: Sequence[object] = (), doing: str = "a query") -> list[tuple[object, ...]]:
         with self._mutex, _translated(self.path, doing):
@@ -150,6 +202,26 @@ class SQLiteBackend(Backend):
     def write_batch(self, version: str, items: Sequence[Item]) -> None:
         sql = f"INSERT OR REPLACE INTO {_table(version)} (k, v) VALUES (?, ?)"
         self._transaction(lambda conn: conn.executemany(sql, items), f"writing {len(items)} rows")
+
+    def write_columns(self, version: str, keys: pa.Array, values: pa.Array) -> None:
+        """Each chunk of :attr:`max_write_batch` rows goes in as one JSON array of ``[key, value]`` pairs that
+        SQLite unpacks itself (``json_each``): no Python object and no bound parameter per row. Measured on
+        500 k grid rows (CPU time, same run): 1.65 us/row, against 2.9 us/row for ``executemany`` of the same
+        rows made into Python tuples. A chunk JSON cannot carry byte for byte (not UTF-8, or control
+        characters) or too big for one SQLite string goes in as :meth:`write` would."""
+        import pyarrow.compute as pc
+
+        if len(values) and pc.max(pc.binary_length(values)).as_py() > self.max_value_bytes:
+            self.check_sizes(list(zip(keys.to_pylist(), values.to_pylist(), strict=True)))  # ItemTooLarge
+        bulk = json_insert(_table(version))
+        for start in range(0, len(keys), self.max_write_batch):
+            k, v = keys[start : start + self.max_write_batch], values[start : start + self.max_write_batch]
+            document = _json_pairs(k, v) if self._json else None
+            if document is None:
+                self.write_batch(version, list(zip(k.to_pylist(), v.to_pylist(), strict=True)))
+                continue
+            with self._mutex, _translated(self.path, f"writing {len(k)} rows"):
+                self._conn.execute(bulk, (document,))  # one statement: its own transaction
 
     def read_batch(self, version: str, keys: Sequence[bytes]) -> list[bytes | None]:
         return _read_many(self._conn, self._mutex, self.path, version, keys)

@@ -150,8 +150,8 @@ class Backend(ABC):
         """:meth:`write` of two binary Arrow columns of the same length: the rows ``(keys[i], values[i])``.
 
         The batch job's write tasks call this with the scored blocks' columns. This default makes the
-        Python items :meth:`write` takes; a backend that packs columns itself (Redis) overrides it and makes
-        no Python object per row.
+        Python items :meth:`write` takes; a backend that loads columns itself (Redis, SQLite) overrides it
+        and makes no Python object per row.
         """
         self.write(version, list(zip(keys.to_pylist(), values.to_pylist(), strict=True)))
 

@@ -36,7 +36,7 @@ from precompute.store import (
     StoreUnavailable,
     StoreURL,
 )
-from precompute.store.backend import admitted
+from precompute.store.backend import admitted, column_items
 from precompute.store.codec import check_version
 
 if TYPE_CHECKING:
@@ -209,16 +209,13 @@ class SQLiteBackend(Backend):
         500 k grid rows (CPU time, same run): 1.65 us/row, against 2.9 us/row for ``executemany`` of the same
         rows made into Python tuples. A chunk JSON cannot carry byte for byte (not UTF-8, or control
         characters) or too big for one SQLite string goes in as :meth:`write` would."""
-        import pyarrow.compute as pc
-
-        if len(values) and pc.max(pc.binary_length(values)).as_py() > self.max_value_bytes:
-            self.check_sizes(list(zip(keys.to_pylist(), values.to_pylist(), strict=True)))  # ItemTooLarge
+        self.check_column_sizes(keys, values)  # ItemTooLarge, naming the key, before anything is written
         bulk = json_insert(_table(version))
         for start in range(0, len(keys), self.max_write_batch):
             k, v = keys[start : start + self.max_write_batch], values[start : start + self.max_write_batch]
             document = _json_pairs(k, v) if self._json else None
             if document is None:
-                self.write_batch(version, list(zip(k.to_pylist(), v.to_pylist(), strict=True)))
+                self.write_batch(version, column_items(k, v))
                 continue
             with self._mutex, _translated(self.path, f"writing {len(k)} rows"):
                 self._conn.execute(bulk, (document,))  # one statement: its own transaction

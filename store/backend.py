@@ -30,6 +30,11 @@ Item = tuple[bytes, bytes]
 """One row of a version: (encoded key, encoded value)."""
 
 
+def column_items(keys: pa.Array, values: pa.Array) -> list[Item]:
+    """The rows of two binary Arrow columns as ``(key, value)`` items."""
+    return list(zip(keys.to_pylist(), values.to_pylist(), strict=True))
+
+
 def admitted(new: Mapping[bytes, int], room: int) -> list[bytes]:
     """The keys of ``new`` (not recorded yet) that fit in ``room`` free places: the most counted first, then
     by key, so that every backend admits the same ones."""
@@ -153,7 +158,15 @@ class Backend(ABC):
         Python items :meth:`write` takes; a backend that loads columns itself (Redis, SQLite) overrides it
         and makes no Python object per row.
         """
-        self.write(version, list(zip(keys.to_pylist(), values.to_pylist(), strict=True)))
+        self.write(version, column_items(keys, values))
+
+    def check_column_sizes(self, keys: pa.Array, values: pa.Array) -> None:
+        """:meth:`check_sizes` of columns: the longest value is found in C, and the rows become Python items
+        only to name the key of one that is too large."""
+        import pyarrow.compute as pc
+
+        if len(values) and pc.max(pc.binary_length(values)).as_py() > self.max_value_bytes:
+            self.check_sizes(column_items(keys, values))
 
     def check_sizes(self, items: Sequence[Item], note: str = "") -> None:
         """Raise :class:`~store.errors.ItemTooLarge`, naming the key, for a value over :attr:`max_value_bytes`."""

@@ -19,11 +19,9 @@ one command in flight, so lookups interleave between commands. Figures and their
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from precompute.adapters.redis.client import SyncClient
 from precompute.adapters.redis.errors import translated
@@ -32,7 +30,7 @@ from precompute.adapters.redis.meta import RedisMeta
 from precompute.adapters.redis.options import RedisOptions
 from precompute.adapters.redis.wire.lines import Command, LinePipeline
 from precompute.adapters.redis.wire.protocol import pack
-from precompute.adapters.redis.writes import BulkRunner, hset_pieces
+from precompute.adapters.redis.writes import BulkRunner, columns, hset_pieces
 from precompute.store import Backend, Item, StoreURL, VersionError
 
 #: Buckets per UNLINK: ~2,400 rows, so one command holds the server for about a millisecond and
@@ -98,13 +96,10 @@ class RedisBackend(Backend):
         return layout
 
     def write(self, version: str, items: Sequence[Item]) -> None:
-        keys = pa.array(list(map(itemgetter(0), items)), pa.large_binary())
-        self.write_columns(version, keys, pa.array(list(map(itemgetter(1), items)), pa.large_binary()))
+        self.write_columns(version, *columns(items))
 
     def write_columns(self, version: str, keys: pa.Array, values: pa.Array) -> None:
-        # The base class checks sizes in a Python loop; this does it in C and only searches on a hit.
-        if len(values) and pc.max(pc.binary_length(values)).as_py() > self.max_value_bytes:
-            self.check_sizes(list(zip(keys.to_pylist(), values.to_pylist(), strict=True)))  # ItemTooLarge, key named
+        self.check_column_sizes(keys, values)  # ItemTooLarge, naming the key, before anything is sent
         self.bulk.load(self._require(version), keys, values, self.max_write_batch, version)
 
     def write_batch(self, version: str, items: Sequence[Item]) -> None:

@@ -63,11 +63,18 @@ def hset_fields(payload: bytes) -> list[bytes]:
     return args[2::2] if args[:1] == [b"HSET"] else []
 
 
+def columns(items: Sequence[Item]) -> tuple[pa.Array, pa.Array]:
+    """The keys and the values of ``(key, value)`` items, as two Arrow columns."""
+    return (
+        pa.array(list(map(itemgetter(0), items)), pa.large_binary()),
+        pa.array(list(map(itemgetter(1), items)), pa.large_binary()),
+    )
+
+
 def hset_pieces(layout: Layout, items: Sequence[Item]) -> Iterator[list[Command]]:
     """:func:`hset_columns` of a list of ``(key, value)`` items."""
     if items:
-        keys = pa.array(list(map(itemgetter(0), items)), pa.large_binary())
-        yield from hset_columns(layout, keys, pa.array(list(map(itemgetter(1), items)), pa.large_binary()))
+        yield from hset_columns(layout, *columns(items))
 
 
 def hset_columns(layout: Layout, keys: pa.Array, values: pa.Array) -> Iterator[list[Command]]:

@@ -322,7 +322,7 @@ def _score_verify_publish(
         try:
             _pipeline(config, job, table).write_datasink(sink, **_write_args(job, backend))
         except Exception as exc:
-            raise (_stalled(exc, config.run.stall_timeout_s) or _cause(exc)) from exc
+            raise _cause(exc, config.run.stall_timeout_s) from exc
         written = sink.rows_written
         summary.nodes = _per_node(job.nodes, sink.reports)
         summary.write_task_gpus = sum(report.gpus for report in sink.reports)
@@ -552,8 +552,15 @@ def _probe(space: GridSpace, model: Model) -> None:
     raise ModelError("the model fails on the probe rows together but on none alone; check its inputs")
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The error a user can act on, out of the layers Ray wraps around an exception raised in a task."""
+def _cause(exc: BaseException, stall_timeout_s: float) -> BaseException:
+    """The error a user can act on, out of the layers Ray wraps around an exception raised in a task.
+
+    Ray Data's no-progress guard (``stall_timeout_s``) becomes :class:`ClusterUnavailable`: Ray restarts the
+    actors of a lost node on the nodes left, and when they fill those nodes the read and write tasks find no
+    room and nothing moves, for as long as the cluster stays that size.
+    """
+    from ray.data.exceptions import ExecutionTimeoutError
+
     seen: BaseException | None = exc
     while seen is not None:
         original = getattr(seen, "cause", None)  # a RayTaskError's own exception, without Ray's traceback text
@@ -564,28 +571,15 @@ def _cause(exc: BaseException) -> BaseException:
             return VerificationFailed(str(seen))
         if isinstance(seen, (StoreError, ModelError)):
             return seen
+        if isinstance(seen, ExecutionTimeoutError):
+            return ClusterUnavailable(
+                f"scoring and writing made no progress for {stall_timeout_s:g} s ([run] stall_timeout_s): the "
+                "cluster has no room for the run's actors and tasks (a node lost? `ray status` shows what is left). "
+                "Nothing was published. Fix: run again when the cluster has its nodes back, or with fewer [run] "
+                "actors. " + str(seen).split("\n", 1)[0]
+            )
         seen = seen.__cause__ or getattr(seen, "cause", None)
     return exc
-
-
-def _stalled(exc: BaseException, timeout_s: float) -> ClusterUnavailable | None:
-    """Ray Data's no-progress guard, said as what it means for this run; None for any other error.
-
-    Ray restarts the actors of a lost node on the nodes left; when they fill those nodes, the read and
-    write tasks find no room and nothing moves, for as long as the cluster stays that size.
-    """
-    from ray.data.exceptions import ExecutionTimeoutError
-
-    seen: BaseException | None = exc
-    while seen is not None and not isinstance(seen, ExecutionTimeoutError):
-        seen = seen.__cause__
-    if seen is None:
-        return None
-    return ClusterUnavailable(
-        f"scoring and writing made no progress for {timeout_s:g} s ([run] stall_timeout_s): the cluster has no room "
-        "for the run's actors and tasks (a node lost? `ray status` shows what is left). Nothing was published. Fix: "
-        "run again when the cluster has its nodes back, or with fewer [run] actors. " + str(seen).split("\n", 1)[0]
-    )
 
 
 def _ray_and_plan(config: Config, verbose: bool) -> tuple[bool, ActorPlan]:
@@ -598,7 +592,7 @@ def _ray_and_plan(config: Config, verbose: bool) -> tuple[bool, ActorPlan]:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = True  # bars on a terminal; periodic progress lines under cron
     context.raise_original_map_exception = True  # our own errors, not a generic UserCodeException
-    context.execution_no_progress_timeout_s = config.run.stall_timeout_s  # a run never hangs (see _stalled)
+    context.execution_no_progress_timeout_s = config.run.stall_timeout_s  # a run never hangs (see _cause)
     try:
         return started, plan_actors(config.run, ray.cluster_resources())  # type: ignore[no-untyped-call]
     except BaseException:

@@ -153,3 +153,26 @@ def test_a_table_of_entities(ray_session: Any, tmp_path: Path) -> None:
     assert stored[1] is None
     assert stored[0] is not None
     assert json.loads(stored[0])["weight_pounds"] == pytest.approx(direct(["False:31:Twins(2):35"])[0], rel=1e-4)
+
+
+def test_ray_datas_no_progress_timeout_is_a_cluster_failure_naming_the_setting() -> None:
+    # Pure logic: the stall itself needs a lost node (tests/cluster); this is how it is reported.
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    from precompute.cli import Exit, _failure
+    from precompute.cluster import ClusterUnavailable
+    from precompute.run import _cause
+
+    stalled = ExecutionTimeoutError("Dataset execution made no progress for at least 30s\nOperators still running:")
+    try:
+        raise RuntimeError("wrapped") from stalled
+    except RuntimeError as wrapped:
+        error = _cause(wrapped, 30.0)
+    assert isinstance(error, ClusterUnavailable)
+    assert "no progress for 30 s ([run] stall_timeout_s)" in str(error)
+    assert "Operators still running" not in str(error)  # Ray's first line only
+    failure = _failure(error)
+    assert failure is not None
+    assert failure[0] is Exit.STORE  # exit 5: retry later
+    other = RuntimeError("other")
+    assert _cause(other, 30.0) is other

@@ -26,6 +26,7 @@ def serve(served: Served, host: str | None = None, port: int | None = None) -> N
         host=host or settings.host,
         port=port or settings.port,
         access_log=settings.access_log,
+        loop=settings.loop,
         log_level="info",
         timeout_graceful_shutdown=math.ceil(settings.shutdown_seconds),
     )

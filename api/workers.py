@@ -106,6 +106,7 @@ def supervise(served: Served, host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         access_log=serve.access_log,
+        loop=serve.loop,
         log_level="info",
         timeout_graceful_shutdown=math.ceil(serve.shutdown_seconds),
     )

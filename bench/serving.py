@@ -4,7 +4,7 @@ a ratio; each is the median of --runs runs.
 
     python bench/serving.py [--config examples/babyweight/precompute.toml] [--store URL] [--runs 3]
                             [--seconds 5] [--only storm,concurrent,cache,batch,metrics,policy,workers]
-                            [--against DIR] [--heavy]
+                            [--against DIR] [--heavy] [--loop asyncio|uvloop]
 
 Needs `wrk` (Debian package `wrk`) and a published version in the store (`precompute run` first). With
 `redis-server` on the PATH, the cache figures are also taken on Redis (the live version is copied into a
@@ -18,14 +18,17 @@ Sections:
               as a ratio to the hit rate of the same rounds; batching (adaptive, up to 256) and one request
               per model call (batch_max_size = 1). The babyweight example (~0.3 ms a call, flat in batch
               size) and with --heavy a dense model built here (4 x 2048-wide layers). With --against DIR,
-              that revision's server takes the same turns.
+              that revision's server takes the same turns; with --loop, this checkout's servers with that
+              `[serve] loop` do too.
   concurrent  N requests sent at once (one connection each) and the model calls they cost.
   cache       hits only, keys drawn from Zipf(1.1) over the whole grid: hot cache on, small, off.
   batch       POST /predict with 1,000 distinct keys against single-key GETs, 32 connections each: keys/s,
               p50 and p99, and batch keys/s over single keys/s (GETs with the hot cache off, every key a
               store read, and on, every key a hot hit); on SQLite and, with redis-server, Redis. With
               --against DIR, that revision's server takes the same turns (cache off), so the before and
-              after come from one run.
+              after come from one run; with --loop, so do this checkout's servers with that `[serve] loop`.
+              wrk opens its connections as a round starts, so a loop that is slow to accept them when
+              saturated (uvloop) shows it in the p99.
   metrics     hit throughput with [serve] metrics = false, on, and on while /metrics is scraped
               every 1 s and every 0.1 s; with --against DIR (a checkout of another revision, e.g.
               `git archive REV | tar -x -C DIR`), that revision's server too, metrics on and off, in the
@@ -463,6 +466,11 @@ def storm(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
         configs["against"] = configs["batched"]
         configs["against cache on"] = configs["cache on"]
         roots = {"against": args.against.resolve(), "against cache on": args.against.resolve()}
+    if args.loop is not None:
+        variants[f"{args.loop}: miss storm, batched"] = (args.loop, misses)
+        variants[f"{args.loop}: hit, cache on"] = (f"{args.loop} cache on", hits)
+        configs[args.loop] = {**configs["batched"], "loop": args.loop}
+        configs[f"{args.loop} cache on"] = {**configs["cache on"], "loop": args.loop}
 
     def measure(name: str, port: int, connections: int) -> dict[str, float]:
         before = scrape(port)
@@ -487,8 +495,9 @@ def storm(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
             results = interleaved(ports, (c,), args.runs, measure)
         for name in variants:
             runs = results[(name, c)]
-            hit = "against: hit, cache on" if name.startswith("against") else "hit, cache on"
-            store_hit = "" if name.startswith("against") else paired_spread(results, name, "hit, store (cache off)", c)
+            prefix = name.split(": ", 1)[0] + ": " if ": " in name else ""
+            hit = f"{prefix}hit, cache on"
+            store_hit = "" if prefix else paired_spread(results, name, "hit, store (cache off)", c)
             print(
                 f"{model_name:<13} {name:<30} {ranged(runs, 'rps'):>24} {median(runs, 'p50'):>7.2f} "
                 f"{ranged(runs, 'p99', '.1f'):>22} {median(runs, 'calls_per_request'):>9.3f} "
@@ -499,6 +508,12 @@ def storm(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
                 f"   this revision / against, miss storm: "
                 f"{paired_spread(results, 'miss storm, batched', 'against: miss storm, batched', c)} the req/s, "
                 f"{paired_spread(results, 'miss storm, batched', 'against: miss storm, batched', c, 'p99')} the p99"
+            )
+        if args.loop is not None:
+            other = f"{args.loop}: miss storm, batched"
+            print(
+                f"   this loop / {args.loop}, miss storm: {paired_spread(results, 'miss storm, batched', other, c)} "
+                f"the req/s, {paired_spread(results, 'miss storm, batched', other, c, 'p99')} the p99"
             )
 
 
@@ -728,6 +743,9 @@ def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
         variants |= {"against: GET, cache off": ("against", 1), f"against: POST {n:,} keys": ("against", n)}
         configs["against"] = {"cache_bytes": 0}
         roots["against"] = args.against.resolve()
+    if args.loop is not None:
+        variants |= {f"{args.loop}: GET, cache off": (args.loop, 1), f"{args.loop}: POST {n:,} keys": (args.loop, n)}
+        configs[args.loop] = {"cache_bytes": 0, "loop": args.loop}
 
     def measure(name: str, port: int, connections: int) -> dict[str, float]:
         keys = variants[name][1]
@@ -762,7 +780,8 @@ def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
             for name in variants:
                 row = {f: median(results[(name, c)], f) for f in ("rps", "keys", "p50", "p99", "errors", "timeouts")}
                 cpu = median(results[(name, c)], "cpu_us")
-                base = "against: GET, cache off" if name.startswith("against") else "GET, cache off"
+                prefix = name.split(": ", 1)[0] + ": " if ": " in name else ""
+                base = f"{prefix}GET, cache off"
                 runs = results[(name, c)]
                 off = paired_spread(results, name, base, c, "keys")
                 on = f"{paired(results, name, 'GET, cache on', c, 'keys'):>7.1f}x"
@@ -779,6 +798,14 @@ def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
                 print(
                     f"   {store_name}: this revision / against, POST {n:,} keys: {ratio:.2f}x the keys/s, {p99:.2f}x "
                     f"the p99, {cpu:.2f}x the CPU per key"
+                )
+            if args.loop is not None:
+                name, other = f"POST {n:,} keys", f"{args.loop}: POST {n:,} keys"
+                print(
+                    f"   {store_name}: this loop / {args.loop}, POST {n:,} keys: "
+                    f"{paired_spread(results, name, other, c, 'keys')} the keys/s, "
+                    f"{paired_spread(results, name, other, c, 'p99')} the p99; GET (cache off): "
+                    f"{paired_spread(results, 'GET, cache off', f'{args.loop}: GET, cache off', c, 'keys')} the keys/s"
                 )
 
 
@@ -1120,6 +1147,11 @@ def main() -> None:
         "Local, started here like the tests' servers, with the live version copied in)",
     )
     parser.add_argument("--heavy", action="store_true", help="storm: also the dense 4x2048 model (slow to build)")
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        help="storm, batch: also run this checkout's servers with this [serve] loop, in the same turns",
+    )
     args = parser.parse_args()
     sections = set(args.only.split(","))
     if sections - {"policy", "metrics-in-process"} and not shutil.which("wrk"):

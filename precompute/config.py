@@ -32,6 +32,7 @@ from precompute.settings import (
     BatchPolicy,
     ConfigFile,
     Device,
+    EventLoop,
     Fallback,
     GridSpaceSection,
     LogFormat,
@@ -238,6 +239,7 @@ class ServeConfig:
     negative_ttl_seconds: float = _serve.negative_ttl_seconds
     metrics: bool = _serve.metrics
     access_log: bool = _serve.access_log
+    loop: EventLoop = _serve.loop
     log_format: LogFormat = _serve.log_format
     auth: Auth = _serve.auth
     auth_tokens_env: str = _serve.auth_tokens_env

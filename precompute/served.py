@@ -40,6 +40,7 @@ PROCESS_FIELDS = (
     "port",
     "workers",
     "access_log",
+    "loop",
     "log_format",
     "auth",
     "auth_tokens_env",

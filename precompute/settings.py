@@ -43,6 +43,7 @@ Device = Literal["auto", "cpu", "gpu"]
 Fallback = Literal["off", "on", "store-down"]
 BatchPolicy = Literal["aimd", "fit", "fixed"]
 LogFormat = Literal["json", "text"]
+EventLoop = Literal["auto", "asyncio", "uvloop"]
 Auth = Literal["off", "api-key", "bearer"]
 TableFormat = Literal["parquet", "csv", "json"]
 TABLE_FORMATS: dict[str, TableFormat] = {
@@ -484,6 +485,13 @@ class ServeSection(_Section):
     )
     metrics: bool = Field(True, description="Serve /metrics and time the hot path; false turns both off.")
     access_log: bool = Field(False, description="uvicorn's per-request log (it halves throughput).")
+    loop: EventLoop = Field(
+        "auto",
+        description='The event loop: "uvloop" (the fastest for single-key lookups), "asyncio" (Python\'s own), or '
+        '"auto" (uvloop where it is installed). uvloop accepts one new connection per turn of the loop, so when '
+        'the server is saturated, clients that open new connections wait; pick "asyncio" for clients that do, '
+        "such as batch jobs that POST thousands of keys. See docs/serving.md.",
+    )
     log_format: LogFormat = Field("json", description='"json" (one object a line) or "text".')
     auth: Auth = Field(
         "off",

@@ -339,6 +339,7 @@ def test_the_serve_file_has_a_schema(capsys: pytest.CaptureFixture[str]) -> None
         "port",
         "workers",
         "access_log",
+        "loop",
         "log_format",
         "auth",
         "auth_tokens_env",

@@ -121,16 +121,10 @@ class OnlineModel:
 # -- keys and features, on the event loop ---------------------------------------------------------
 
 
-def off_grid_key(space: GridSpace, features: dict[str, str | float]) -> str:
-    """The canonical key of decoded features (:meth:`GridSpace.key_of_features`)."""
-    return space.key_of_features(features)
-
-
 def from_raw_features(space: GridSpace, raw: dict[str, object]) -> Decoded:
     """Features given by value (``/predict?mother_age=51``) that are off the grid, for an online answer.
 
     Raises SpaceError like :meth:`GridSpace.snap`: malformed (400) or an unknown category (404).
     """
     features = space.features(raw)
-    key = off_grid_key(space, features)
-    return Decoded(key, features, False, "off the grid")
+    return Decoded(space.key_of_features(features), features, False, "off the grid")

@@ -118,12 +118,9 @@ class Lookup:
                 decoded = self.space.decode(key)
             except SpaceError as exc:
                 raise LookupFailed(400 if exc.malformed else 404, str(exc), key=key) from None
-            if decoded.in_space:
-                key = decoded.key
-            elif self.off_grid_answerable():
-                key = self.space.key_of_features(decoded.features)
-            else:
+            if not decoded.in_space and not self.off_grid_answerable():
                 raise LookupFailed(404, f"key is outside the precomputed space: {decoded.reason}", key=key)
+            key = decoded.key
         try:
             encode_key(key)
         except (InvalidKey, UnicodeEncodeError) as exc:

@@ -486,9 +486,8 @@ def _get(args: argparse.Namespace, config: Config) -> int:
     key = args.key
     if isinstance(config.space, GridSpace):
         try:
-            decoded = config.space.decode(key)
-            # Off the grid, the API's canonical form: a version may hold it (recorded misses, write-back).
-            key = decoded.key if decoded.in_space else config.space.key_of_features(decoded.features)
+            # Off the grid too, the API's canonical form: a version may hold it (recorded misses, write-back).
+            key = config.space.decode(key).key
         except SpaceError as exc:  # malformed: a usage error (HTTP 400); outside the space: not found (404)
             return _fail(Exit.CONFIG if exc.malformed else Exit.NOT_FOUND, str(exc))
 

@@ -74,7 +74,7 @@ def select(backend: Backend, space: GridSpace, config: MissesConfig) -> Selectio
         if decoded.in_space:
             chosen.in_grid.append(raw)
             continue
-        if space.key_of_features(decoded.features) != key:  # not a key the API records for these features
+        if decoded.key != key:  # not a key the API records for these features
             chosen.not_in_space.append(raw)
             continue
         if count < config.min_count:

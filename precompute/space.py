@@ -52,6 +52,11 @@ class Categorical:
     def positions(self) -> dict[str, int]:
         return {label: i for i, label in enumerate(self.values)}
 
+    @cached_property
+    def features(self) -> dict[str, str | float]:
+        """Each label's feature value: the label itself."""
+        return {label: label for label in self.values}
+
     def index(self, raw: object) -> int | None:
         return self.positions.get(_as_text(raw))
 
@@ -92,6 +97,11 @@ class Range:
     def positions(self) -> dict[str, int]:
         return {label: i for i, label in enumerate(self.label_list)}
 
+    @cached_property
+    def features(self) -> dict[str, str | float]:
+        """Each label's feature value (:meth:`value`)."""
+        return {label: self.value(i) for i, label in enumerate(self.label_list)}
+
     def values_array(self) -> npt.NDArray[np.float64]:
         return np.round(self.start + np.arange(self.size) * self.step, self.decimals)
 
@@ -111,14 +121,27 @@ class Range:
 Dimension = Categorical | Range
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decoded:
-    """A key taken apart. ``in_space`` is False for a well-formed key off the grid (``reason`` says why)."""
+    """A key taken apart. ``key`` is its canonical form, on the grid or off it (:meth:`GridSpace.key_of_features`
+    of ``features``); ``in_space`` is False for a well-formed key off the grid (``reason`` says why)."""
 
     key: str
     features: dict[str, str | float]
     in_space: bool
-    reason: str | None = None
+    # Why the key is off the grid: the message, or the first dimension off it and its text, for the message
+    # written only when it is read (a miss storm answers online and never reads it).
+    off: str | tuple[Range, str] | None = None
+
+    @property
+    def reason(self) -> str | None:
+        if isinstance(self.off, tuple):
+            dim, raw = self.off
+            return (
+                f"{dim.name}={raw} is not on the grid {dim.render(dim.start)}..{dim.render(dim.stop)} "
+                f"step {dim.render(dim.step)}"
+            )
+        return self.off
 
 
 class GridSpace:
@@ -171,21 +194,19 @@ class GridSpace:
 
     def decode(self, key: str) -> Decoded:
         """Parse ``key``. Raises :class:`SpaceError` (malformed) when it cannot be read as features."""
-        parts = self.template.split(key)
+        parts = self._parts(key)
         if parts is None:
             raise SpaceError(f"key {key!r} does not match the template {self.template.text!r}", malformed=True)
         features: dict[str, str | float] = {}
         labels: dict[str, str] = {}
-        reason = None
+        off: tuple[Range, str] | None = None
         canonical = True
-        for dim in self.dimensions:
-            raw = parts[dim.name]
-            position = dim.positions.get(raw)
-            if position is not None:  # the canonical label itself: the common case, no parsing
+        for dim, raw in zip(self.dimensions, parts, strict=True):
+            feature = dim.features.get(raw)
+            if feature is not None:  # the canonical label itself: the common case, no parsing
                 labels[dim.name] = raw
-                features[dim.name] = raw if isinstance(dim, Categorical) else dim.value(position)
+                features[dim.name] = feature
                 continue
-            canonical = False
             if isinstance(dim, Categorical):
                 if dim.index(raw) is None:
                     choices = ", ".join(dim.values)
@@ -196,15 +217,33 @@ class GridSpace:
             features[dim.name] = value
             index = dim.exact(value)
             if index is None:
-                labels[dim.name] = raw
-                reason = reason or (
-                    f"{dim.name}={raw} is not on the grid {dim.render(dim.start)}..{dim.render(dim.stop)} "
-                    f"step {dim.render(dim.step)}"
-                )
+                labels[dim.name] = written = _shortest(value)
+                canonical = canonical and written == raw  # ``51`` is canonical off the grid; ``51.0`` is not
+                off = off or (dim, raw)
             else:
                 labels[dim.name] = dim.label_list[index]
+                canonical = False
         # Every part canonical: the key is its own canonical form (no need to render it again).
-        return Decoded(key if canonical else self.template.render(labels), features, reason is None, reason)
+        return Decoded(key if canonical else self.template.render(labels), features, off is None, off)
+
+    def _parts(self, key: str) -> Sequence[str] | None:
+        """Each dimension's text in ``key``, in the dimensions' order, or None when it has another shape. With
+        one separator (``{a}:{b}:{c}``) and no field holding it, one ``str.split``; else the template's match."""
+        separator, order = self.template.separator, self._dimension_order
+        if separator is not None:  # as in :meth:`canonical`
+            split = key.split(separator)
+            if len(split) == len(self.dimensions) and all(split):
+                return split if order is None else [split[i] for i in order]
+        parts = self.template.parts(key)
+        if parts is None or order is None:
+            return parts
+        return [parts[i] for i in order]
+
+    @cached_property
+    def _dimension_order(self) -> tuple[int, ...] | None:
+        """Where each dimension is among the template's fields; None when they are in the same order."""
+        order = tuple(self.template.fields.index(dim.name) for dim in self.dimensions)
+        return None if order == tuple(range(len(order))) else order
 
     def features(self, raw: Mapping[str, object]) -> dict[str, str | float]:
         """Raw feature values checked and converted: a category's canonical label, or a finite number.
@@ -257,6 +296,11 @@ def label(dim: Dimension, value: str | float) -> str:
     index = dim.exact(number)
     if index is not None:
         return dim.label_list[index]
+    return _shortest(number)
+
+
+def _shortest(number: float) -> str:
+    """A number off the grid as a canonical key writes it: ``51``, ``51.5``."""
     if number.is_integer() and abs(number) < 1e15:
         return str(int(number))
     return repr(number)

@@ -232,3 +232,52 @@ def test_a_single_online_request_gets_its_answer_or_the_cause_of_its_failure() -
     assert outcomes == ["scored fine", "model_error", "deadline"]
     assert b'precompute_late_total{cause="model_error"} 1.0' in rendered
     assert b'precompute_late_total{cause="deadline"} 1.0' in rendered
+
+
+def test_deadlines_expire_every_waiting_future_in_time_and_only_those() -> None:
+    """One timer for all (OnlineAnswers.one): each future still waiting at its deadline fails with Expired,
+    within the timer's resolution; answered ones are left alone, whatever the order they were added in."""
+    from precompute.api.online import Deadlines, Expired
+
+    async def run() -> tuple[dict[str, float], dict[str, object], int]:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines()
+        futures = {name: loop.create_future() for name in ("late", "early", "answered", "later", "zero")}
+        start = loop.time()
+        for name, seconds in (("late", 0.15), ("early", 0.05), ("answered", 0.05), ("later", 0.25), ("zero", -1.0)):
+            deadlines.add(futures[name], seconds)
+        futures["answered"].set_result("yes")
+        expired: dict[str, float] = {}
+        for name, future in futures.items():
+            future.add_done_callback(lambda f, n=name: expired.setdefault(n, loop.time() - start))
+        await asyncio.wait(futures.values())
+        outcomes = {n: f.exception() if f.exception() else f.result() for n, f in futures.items()}
+        return expired, outcomes, len(deadlines)
+
+    expired, outcomes, left = asyncio.run(run())
+    assert outcomes["answered"] == "yes"
+    assert all(isinstance(outcomes[n], Expired) for n in ("late", "early", "later", "zero"))
+    for name, seconds in (("early", 0.05), ("late", 0.15), ("later", 0.25)):
+        assert seconds - Deadlines.EARLY <= expired[name] < seconds + 0.1, (name, expired[name])
+    assert expired["zero"] < 0.05
+    assert left == 0  # every entry let go once its deadline passed
+
+    async def again() -> object:  # a new loop (an app started again): its own timer
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines()
+        first, pending = loop.create_future(), loop.create_future()
+        deadlines.add(first, 0.01)
+        deadlines.add(pending, 10.0)  # still armed when this loop is closed
+        with pytest.raises(Expired):
+            await first
+        return deadlines
+
+    deadlines = asyncio.run(again())
+
+    async def on_another_loop() -> None:
+        future = asyncio.get_running_loop().create_future()
+        deadlines.add(future, 0.01)  # type: ignore[attr-defined]
+        with pytest.raises(Expired):
+            await asyncio.wait_for(future, 2.0)
+
+    asyncio.run(on_another_loop())

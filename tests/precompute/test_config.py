@@ -174,6 +174,10 @@ def test_every_problem_gets_one_line(tmp_path: Path) -> None:
         ),
         (("[model]\n", '[run]\nwrite_tasks = "aut"\n[model]\n'), r'Fix: did you mean `write_tasks = "auto"`\?'),
         (("[model]\n", "[serve]\nport = 70000\n[model]\n"), r"70000 is above the highest TCP port of 65535"),
+        (
+            ("[model]\n", '[serve]\nloop = "uvlop"\n[model]\n'),
+            r'^\[serve\] loop: \'uvlop\' is not one of "auto" \| "asyncio" \| "uvloop". Fix: did you mean `loop = "uvloop"`',
+        ),
         (("[model]\n", "[store]\nkeep_versions = true\n[model]\n"), r"\[store\] keep_versions: expected a positive"),
         (("[model]\n", "[refresh]\nbatch_max_size = 0\n[model]\n"), r"\[refresh\] batch_max_size: must be positive"),
         (("[model]\n", "[refresh]\nwindow_ms = -1\n[model]\n"), r"\[refresh\] window_ms: must be 0.0 or more, got -1"),

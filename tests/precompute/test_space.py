@@ -66,6 +66,27 @@ def test_off_grid_keys_decode_but_are_outside_the_space(grid: GridSpace) -> None
 
 
 @pytest.mark.parametrize(
+    ("key", "canonical"),
+    [
+        ("True:51:Single(1):39", "True:51:Single(1):39"),  # off the grid and already canonical: kept as it is
+        ("True:51.0:Single(1):39", "True:51:Single(1):39"),
+        ("True:051:Single(1):39.0", "True:51:Single(1):39"),
+        ("True:25.50:Single(1):39", "True:25.5:Single(1):39"),
+        ("True:1e2:Single(1):1E1", "True:100:Single(1):10"),
+        ("True:-0.0:Twins(2):48", "True:0:Twins(2):48"),
+        ("True:2.5e-7:Single(1):39", "True:2.5e-07:Single(1):39"),
+        ("True:1e16:Single(1):39", "True:1e+16:Single(1):39"),
+        ("False:25.0:Twins(2):039", "False:25:Twins(2):39"),  # on the grid
+    ],
+)
+def test_a_decoded_key_is_canonical_on_the_grid_or_off_it(grid: GridSpace, key: str, canonical: str) -> None:
+    decoded = grid.decode(key)
+    assert decoded.key == canonical
+    assert grid.key_of_features(decoded.features) == canonical  # the key the API answers, records and stores
+    assert grid.decode(canonical).key == canonical
+
+
+@pytest.mark.parametrize(
     ("key", "malformed", "message"),
     [
         ("True:25:Single(1)", True, "does not match the template"),

@@ -7,6 +7,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -140,7 +141,9 @@ class Deadlines:
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, asyncio.Future[Scored]]] = []
         self._order = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
+        # call_at's handle: uvloop's is a plain Handle (no ``when()``) when the time is already due.
+        self._timer: asyncio.Handle | None = None
+        self._armed_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
@@ -150,17 +153,17 @@ class Deadlines:
         loop = future.get_loop()
         if loop is not self._loop:  # an app started again on another loop: the old one's timer never fires
             self._heap.clear()
-            self._timer = None
+            self._timer, self._armed_at = None, math.inf
             self._loop = loop
         at = loop.time() + max(seconds, 0.0)
         heapq.heappush(self._heap, (at, next(self._order), future))
-        if self._timer is None or at < self._timer.when():
+        if at < self._armed_at:
             self._arm(loop, at)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = loop.call_at(at, self._expire, loop)
+        self._timer, self._armed_at = loop.call_at(at, self._expire, loop), at
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         heap = self._heap
@@ -169,6 +172,6 @@ class Deadlines:
             future = heapq.heappop(heap)[2]
             if not future.done():
                 future.set_exception(Expired())
-        self._timer = None
+        self._timer, self._armed_at = None, math.inf
         if heap:
             self._arm(loop, heap[0][0])

@@ -76,7 +76,7 @@ class Range:
         decimals = max(_decimals(start), _decimals(step))
         return cls(name, float(start), float(stop), float(step), decimals)
 
-    @property
+    @cached_property
     def size(self) -> int:
         return math.floor((self.stop - self.start) / self.step + 1e-9) + 1
 
@@ -330,6 +330,8 @@ _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)
 
 def _number(name: str, raw: object) -> float:
     """``raw`` as a finite number: an int or float (not a bool), or text in plain ASCII decimal."""
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit():  # the common case off the grid: ``51``
+        return float(raw)
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         raise SpaceError(f"{name}={raw!r} is not a number", malformed=True)
     try:

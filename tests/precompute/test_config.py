@@ -176,7 +176,8 @@ def test_every_problem_gets_one_line(tmp_path: Path) -> None:
         (("[model]\n", "[serve]\nport = 70000\n[model]\n"), r"70000 is above the highest TCP port of 65535"),
         (
             ("[model]\n", '[serve]\nloop = "uvlop"\n[model]\n'),
-            r'^\[serve\] loop: \'uvlop\' is not one of "auto" \| "asyncio" \| "uvloop". Fix: did you mean `loop = "uvloop"`',
+            r'^\[serve\] loop: \'uvlop\' is not one of "auto" \| "asyncio" \| "uvloop". '
+            r'Fix: did you mean `loop = "uvloop"`',
         ),
         (("[model]\n", "[store]\nkeep_versions = true\n[model]\n"), r"\[store\] keep_versions: expected a positive"),
         (("[model]\n", "[refresh]\nbatch_max_size = 0\n[model]\n"), r"\[refresh\] batch_max_size: must be positive"),

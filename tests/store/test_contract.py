@@ -105,6 +105,24 @@ def test_keys_and_values_are_opaque_bytes(backend: Backend) -> None:
     assert backend.read("v1", [k for k, _ in rows]) == [v for _, v in rows]
 
 
+def test_a_batch_read_gives_back_keys_of_every_shape_in_order(store_url: str, backend: Backend) -> None:
+    """get_many on keys a JSON document or a query could mangle: quotes, backslashes, non-ASCII, a key that
+    reads like JSON, and (in a batch of their own) bytes that are not UTF-8 and control characters."""
+    text = [b'say "hi"', b"back\\slash", b"\\u0041", b'["k", 1]', encode_key("naïve:ключ:鍵"), b"plain"]
+    raw = [b"\xff\xfe", b"a\x01b", b"nul\x00"]
+    live = published(Versions(backend), [(key, b"%d" % i) for i, key in enumerate(text + raw)])
+
+    async def scenario(reader: Reader) -> None:
+        ask = [text[3], b"absent", *text, text[0], b'"absent"']
+        want = [b"3", None, *(b"%d" % i for i in range(len(text))), b"0", None]
+        assert await reader.get_many(live, ask) == want
+        ask = [raw[0], text[1], raw[1], b"\xffabsent", raw[2]]
+        assert await reader.get_many(live, ask) == [b"6", b"1", b"7", None, b"8"]
+        assert [await reader.get(live, key) for key in text + raw] == [b"%d" % i for i in range(len(text + raw))]
+
+    with_reader(store_url, scenario)
+
+
 def test_oversized_value_is_rejected_before_anything_is_written(backend: Backend) -> None:
     backend.create_version("v1")
     ok = items(3)

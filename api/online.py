@@ -133,10 +133,12 @@ class Deadlines:
     """Every waiting request's deadline under one timer: a future still waiting when its deadline passes
     fails with :class:`Expired`. A timer of its own per request (``call_later``, then ``cancel``) cost 2.7 us
     of the event loop's time per online answer under uvloop, a heap entry about 1 us. An answered request's
-    entry stays until its deadline (a few thousand entries at the storm rates measured in docs/serving.md)."""
+    entry stays until its deadline (a few thousand entries at the storm rates measured in docs/serving.md),
+    or until the heap has doubled since it was last swept of answered entries."""
 
     # Due entries are expired up to this early: the timer of a loop on libuv fires on whole milliseconds.
     EARLY = 0.001
+    SWEEP_AT = 16_384  # the fewest entries worth sweeping
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, asyncio.Future[Scored]]] = []
@@ -145,6 +147,7 @@ class Deadlines:
         self._timer: asyncio.Handle | None = None
         self._armed_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweep_at = self.SWEEP_AT
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -155,6 +158,10 @@ class Deadlines:
             self._heap.clear()
             self._timer, self._armed_at = None, math.inf
             self._loop = loop
+        if len(self._heap) >= self._sweep_at:  # long deadlines at a high rate: drop what is answered
+            self._heap = [entry for entry in self._heap if not entry[2].done()]
+            heapq.heapify(self._heap)
+            self._sweep_at = max(self.SWEEP_AT, 2 * len(self._heap))
         at = loop.time() + max(seconds, 0.0)
         heapq.heappush(self._heap, (at, next(self._order), future))
         if at < self._armed_at:

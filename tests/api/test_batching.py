@@ -286,3 +286,25 @@ def test_deadlines_expire_every_waiting_future_in_time_and_only_those(run: Calla
             await asyncio.wait_for(future, 2.0)
 
     run(on_another_loop())
+
+
+def test_deadlines_let_go_of_answered_requests_long_before_their_deadline() -> None:
+    from precompute.api.online import Deadlines
+
+    async def run() -> tuple[int, bool]:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines()
+        waiting = loop.create_future()
+        deadlines.add(waiting, 60.0)
+        most = 0
+        for _ in range(5 * Deadlines.SWEEP_AT):
+            answered = loop.create_future()
+            deadlines.add(answered, 60.0)
+            answered.set_result("yes")
+            most = max(most, len(deadlines))
+        expired = waiting in [entry[2] for entry in deadlines._heap]
+        return most, expired
+
+    most, kept = asyncio.run(run())
+    assert most <= Deadlines.SWEEP_AT + 1  # swept at the threshold, not grown to 5x it
+    assert kept  # the request still waiting keeps its entry

@@ -11,12 +11,12 @@ import math
 import time
 from typing import TYPE_CHECKING
 
+from precompute.api.batching import Batcher, Overloaded, TooLate
 from precompute.api.metrics import Metrics
 from precompute.api.responses import NON_FINITE, RETRY, LookupFailed, batch_error, batch_item, splice
 from precompute.space import Decoded
 
 if TYPE_CHECKING:
-    from precompute.api.batching import Batcher
     from precompute.api.fallback import Online, Scored
 
 log = logging.getLogger("precompute.api")
@@ -31,18 +31,20 @@ class OnlineAnswers:
         self.default: bytes | None = None  # set once the model is loaded and the default checked against it
         self.deadlines = Deadlines()
         self._last_error = 0.0
+        # Imported here, once: the fallback's module is loaded only when the fallback is on, and an import
+        # statement in a function costs ~2 us on every call.
+        from precompute.api.fallback import Online
+
+        self._online = Online
 
     async def scored(self, items: list[tuple[str, Decoded]], version: str | None, started: float) -> list[Scored | str]:
         """Each item's answer, or why there is none: "overloaded", "deadline" or "model_error"."""
-        from precompute.api.batching import Overloaded, TooLate
-        from precompute.api.fallback import Online
-
         remaining = self.deadline - (time.perf_counter() - started)
         outcome: list[Scored | str] = ["overloaded"] * len(items)
         futures: dict[asyncio.Future[Scored], int] = {}
         for i, (key, decoded) in enumerate(items):
             try:
-                futures[self.batcher.submit(Online(key, decoded.features, version), remaining)] = i
+                futures[self.batcher.submit(self._online(key, decoded.features, version), remaining)] = i
             except Overloaded:
                 self.metrics.late_answer("overloaded")
         if not futures:
@@ -72,12 +74,9 @@ class OnlineAnswers:
         entry in :class:`Deadlines` instead of ``asyncio.wait``'s waiter, callbacks, sets and timer. A miss
         storm runs this once per request on the event loop, which it shares with the HTTP parsing of every
         other request."""
-        from precompute.api.batching import Overloaded, TooLate
-        from precompute.api.fallback import Online
-
         remaining = self.deadline - (time.perf_counter() - started)
         try:
-            future = self.batcher.submit(Online(key, decoded.features, version), remaining)
+            future = self.batcher.submit(self._online(key, decoded.features, version), remaining)
         except Overloaded:
             self.metrics.late_answer("overloaded")
             return "overloaded"

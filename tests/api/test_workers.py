@@ -2,7 +2,8 @@
 
 What the workers share is checked from outside, as a scraper and a load balancer see it: every ``/metrics``
 scrape counts the lookups of both workers, a worker killed with SIGKILL is replaced without any total going
-down, ``/readyz`` says so meanwhile, and SIGTERM drains the requests in flight on every worker.
+down, ``/readyz`` says so meanwhile, SIGTERM drains the requests in flight on every worker, and ``[serve] loop``
+chooses the event loop of every serving process.
 """
 
 from __future__ import annotations
@@ -125,11 +126,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @contextmanager
-def serving(store: str, tmp_path: Path, workers: int = 2) -> Iterator[Server]:
+def serving(store: str, tmp_path: Path, workers: int = 2, config: Path = EXAMPLE_CONFIG) -> Iterator[Server]:
     port = free_port()
     log = tmp_path / "serve.log"
     env = {**os.environ, "PRECOMPUTE_STORE": store, "TMPDIR": str(tmp_path)}
-    cmd = [sys.executable, "-m", "precompute.cli", "serve", "--config", str(EXAMPLE_CONFIG), "--port", str(port)]
+    cmd = [sys.executable, "-m", "precompute.cli", "serve", "--config", str(config), "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen([*cmd, "--workers", str(workers)], env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(proc, port, tmp_path, log)
@@ -317,3 +318,30 @@ def test_a_bad_workers_flag_is_a_usage_error(tmp_path: Path) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "'0' is neither a positive number nor \"auto\". Fix: --workers 2" in result.stderr
+
+
+def with_loop(tmp_path: Path, loop: str) -> Path:
+    """The example config with ``[serve] loop`` set (and its model path made absolute for the copy)."""
+    text = EXAMPLE_CONFIG.read_text().replace('path = "model"', f'path = "{EXAMPLE_CONFIG.parent / "model"}"', 1)
+    path = tmp_path / f"loop-{loop}.toml"
+    path.write_text(text.replace("[serve]\n", f'[serve]\nloop = "{loop}"\n', 1))
+    return path
+
+
+def uvloop_loaded(pid: int) -> bool:
+    return "uvloop" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.parametrize(
+    ("loop", "workers", "uvloop"), [("asyncio", 1, False), ("uvloop", 1, True), ("asyncio", 2, False)]
+)
+def test_the_loop_setting_chooses_the_event_loop_of_every_serving_process(
+    store: str, tmp_path: Path, loop: str, workers: int, uvloop: bool
+) -> None:
+    """``[serve] loop`` reaches uvicorn, with one process and with workers: uvloop's library is loaded in a
+    serving process exactly when it runs on uvloop."""
+    with serving(store, tmp_path, workers=workers, config=with_loop(tmp_path, loop)) as server:
+        server.lookups(16)
+        pids = server.workers() if workers > 1 else {server.proc.pid}
+        assert len(pids) == workers
+        assert {pid: uvloop_loaded(pid) for pid in pids} == {pid: uvloop for pid in pids}

@@ -8,6 +8,7 @@ may not contain the template's literal text, so parsing is never ambiguous (chec
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -59,8 +60,18 @@ class KeyTemplate:
         inner = set(self.literals[1:-1])
         return inner.pop() if len(inner) == 1 and not self.literals[0] and not self.literals[-1] else None
 
-    def parts(self, key: str) -> tuple[str, ...] | None:
-        """The raw text of each field in the template's order (:meth:`split`'s values), or None."""
+    def parts(self, key: str) -> Sequence[str] | None:
+        """The raw text of each field in the template's order (:meth:`split`'s values), or None.
+
+        With one separator, one ``str.split``: the pattern's fields are lazy and non-empty, so each ends at
+        the first separator after at least one character, which is where ``str.split`` cuts. One non-empty
+        part per field from ``str.split`` are the pattern's parts; anything else (a label holding the
+        separator) is left to the pattern."""
+        separator = self.separator
+        if separator is not None:
+            split = key.split(separator)
+            if len(split) == len(self.fields) and all(split):
+                return split
         match = self._pattern.match(key)
         return match.groups() if match else None
 

@@ -180,17 +180,8 @@ class GridSpace:
         """Whether ``key`` is a point of the grid written canonically: exactly when :meth:`decode` would
         return it unchanged, in the space. A test that builds nothing, for batches of keys; a key for
         which it is False is decoded as usual."""
-        positions = self._positions_by_field
-        separator = self.template.separator
-        if separator is not None:
-            # The pattern's fields are lazy and non-empty: each ends at the first separator after at least
-            # one character, which is where str.split cuts. So one non-empty part per field from str.split
-            # are the pattern's parts; anything else (a label holding the separator) is left to the pattern.
-            split = key.split(separator)
-            if len(split) == len(positions) and all(split):
-                return all(map(contains, positions, split))
         parts = self.template.parts(key)
-        return parts is not None and all(map(contains, positions, parts))
+        return parts is not None and all(map(contains, self._positions_by_field, parts))
 
     def decode(self, key: str) -> Decoded:
         """Parse ``key``. Raises :class:`SpaceError` (malformed) when it cannot be read as features."""
@@ -227,14 +218,8 @@ class GridSpace:
         return Decoded(key if canonical else self.template.render(labels), features, off is None, off)
 
     def _parts(self, key: str) -> Sequence[str] | None:
-        """Each dimension's text in ``key``, in the dimensions' order, or None when it has another shape. With
-        one separator (``{a}:{b}:{c}``) and no field holding it, one ``str.split``; else the template's match."""
-        separator, order = self.template.separator, self._dimension_order
-        if separator is not None:  # as in :meth:`canonical`
-            split = key.split(separator)
-            if len(split) == len(self.dimensions) and all(split):
-                return split if order is None else [split[i] for i in order]
-        parts = self.template.parts(key)
+        """Each dimension's text in ``key``, in the dimensions' order, or None when it has another shape."""
+        parts, order = self.template.parts(key), self._dimension_order
         if parts is None or order is None:
             return parts
         return [parts[i] for i in order]

@@ -432,6 +432,11 @@ def paired_spread(
     return f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
 
 
+def server_prefix(name: str) -> str:
+    """``"against: "`` of ``"against: GET, cache off"``: which other server a variant ran on ("" for this one)."""
+    return name.split(": ", 1)[0] + ": " if ": " in name else ""
+
+
 STORM_CONNECTIONS = 64
 
 
@@ -495,7 +500,7 @@ def storm(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
             results = interleaved(ports, (c,), args.runs, measure)
         for name in variants:
             runs = results[(name, c)]
-            prefix = name.split(": ", 1)[0] + ": " if ": " in name else ""
+            prefix = server_prefix(name)
             hit = f"{prefix}hit, cache on"
             store_hit = "" if prefix else paired_spread(results, name, "hit, store (cache off)", c)
             print(
@@ -780,8 +785,7 @@ def batch(args: argparse.Namespace, config: Config, space: GridSpace, tmp: Path)
             for name in variants:
                 row = {f: median(results[(name, c)], f) for f in ("rps", "keys", "p50", "p99", "errors", "timeouts")}
                 cpu = median(results[(name, c)], "cpu_us")
-                prefix = name.split(": ", 1)[0] + ": " if ": " in name else ""
-                base = f"{prefix}GET, cache off"
+                base = f"{server_prefix(name)}GET, cache off"
                 runs = results[(name, c)]
                 off = paired_spread(results, name, base, c, "keys")
                 on = f"{paired(results, name, 'GET, cache on', c, 'keys'):>7.1f}x"

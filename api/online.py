@@ -11,12 +11,13 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from precompute.api.batching import Batcher, Overloaded, TooLate
+from precompute.api.batching import Overloaded, TooLate
 from precompute.api.metrics import Metrics
 from precompute.api.responses import NON_FINITE, RETRY, LookupFailed, batch_error, batch_item, splice
 from precompute.space import Decoded
 
 if TYPE_CHECKING:
+    from precompute.api.batching import Batcher
     from precompute.api.fallback import Online, Scored
 
 log = logging.getLogger("precompute.api")
